@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what vigil's tests need on a fresh Debian/Ubuntu machine, then run them.
+#   VIGIL_SHARED   reference data folder (default: ../shared beside the repo)
+#   VIGIL_SKIP_APT set to 1 to skip the apt-get step (packages already installed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export VIGIL_SHARED="${VIGIL_SHARED:-$(cd .. && pwd)/shared}"
+if [ ! -d "$VIGIL_SHARED/fixtures/dfkde_golden" ] || [ ! -d "$VIGIL_SHARED/data/magnetic_tile" ]; then
+  echo "FATAL: vigil's shared reference data is missing at $VIGIL_SHARED (set VIGIL_SHARED)" >&2
+  exit 1
+fi
+
+if [ "${VIGIL_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
+  need=()
+  for p in fonts-dejavu-core; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+  fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

@@ -1,0 +1,73 @@
+//! Backbones turn a preprocessed CHW tensor into one pooled feature vector per image.
+//!
+//! [`tract::TractBackbone`] is the default (CPU, SIMD kernels of the host: AVX2/FMA on
+//! x86-64, NEON on ARM). Any single-input NCHW float ONNX works: a 2-D output `[B, C]` is
+//! the feature vector, a 4-D output `[B, C, H, W]` is mean-pooled over H×W, and several
+//! outputs are concatenated **along channels** (anomalib concatenates layers along the
+//! batch axis, which is broken for more than one layer; vigil deliberately does not).
+
+pub mod tract;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+pub use self::tract::TractBackbone;
+
+#[derive(Debug, Error)]
+pub enum BackboneError {
+    #[error("cannot read backbone {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("backbone {path} is not a usable ONNX model: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("backbone {path}: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("input tensor has {got} values, the backbone expects {expected} ({batch}×3×{height}×{width})")]
+    InputSize { got: usize, expected: usize, batch: usize, height: usize, width: usize },
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// What a loaded backbone is, for the artifact and for logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackboneInfo {
+    pub path: PathBuf,
+    /// Hex SHA-256 of the ONNX file: the artifact refuses a different backbone.
+    pub sha256: String,
+    pub input_width: u32,
+    pub input_height: u32,
+    pub feature_dim: usize,
+    /// Images per run (the tensor's leading dimension).
+    pub batch: usize,
+    /// Output names used, in concatenation order.
+    pub outputs: Vec<String>,
+}
+
+/// A feature extractor. One instance per inference thread (it owns its buffers).
+pub trait Backbone: Send {
+    fn info(&self) -> &BackboneInfo;
+
+    /// Run on `images` preprocessed images laid out NCHW in `input`
+    /// (`images × 3 × H × W`, `images ≤ batch`), writing `images × feature_dim` to `out`.
+    fn extract(&mut self, input: &[f32], images: usize, out: &mut [f32]) -> Result<(), BackboneError>;
+
+    /// One image → a fresh feature vector.
+    fn extract_one(&mut self, input: &[f32]) -> Result<Vec<f32>, BackboneError> {
+        let mut out = vec![0.0; self.info().feature_dim];
+        self.extract(input, 1, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Hex SHA-256 of a byte string.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex SHA-256 of a file.
+pub fn file_sha256(path: &Path) -> Result<String, BackboneError> {
+    let bytes = std::fs::read(path).map_err(|source| BackboneError::Read { path: path.to_path_buf(), source })?;
+    Ok(sha256_hex(&bytes))
+}

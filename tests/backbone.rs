@@ -1,0 +1,81 @@
+//! The tract backbone against onnxruntime on stored input/output pairs, and clear errors
+//! for unusable model files.
+
+mod common;
+
+use vigil::backbone::{Backbone, BackboneError, TractBackbone};
+
+fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn efficientnet_lite0_matches_onnxruntime() {
+    let mut bb = TractBackbone::load(&common::repo_path("models/efficientnet_lite0_pooled.onnx"), 1, None).expect("load");
+    let info = bb.info().clone();
+    assert_eq!((info.input_width, info.input_height, info.feature_dim), (224, 224, 1280));
+    assert_eq!(info.sha256.len(), 64);
+    let input = common::read_npy(&common::repo_path("tests/fixtures/effnet_input.npy"));
+    let want = common::read_npy(&common::repo_path("tests/fixtures/effnet_output_ort.npy"));
+    let got = bb.extract_one(&input.f32()).expect("run");
+    let d = max_diff(&got, &want.data);
+    eprintln!("EfficientNet-Lite0 tract vs onnxruntime: max |Δ| = {d:.2e}");
+    assert!(d <= 1e-4, "max |Δ| {d}");
+}
+
+#[test]
+fn symbolic_batch_runs_several_images_at_once() {
+    let mut bb = TractBackbone::load(&common::repo_path("models/efficientnet_lite0_pooled.onnx"), 3, None).expect("load");
+    let inputs: Vec<f32> = ["pre_chelsea", "pre_magnetic_tile", "pre_elpv"]
+        .iter()
+        .flat_map(|n| {
+            let pre = common::read_npy(&common::repo_path(&format!("tests/fixtures/{n}.npy")));
+            let mean = [0.485, 0.456, 0.406];
+            let std = [0.229, 0.224, 0.225];
+            pre.data.iter().enumerate().map(move |(i, v)| ((v - mean[i / (224 * 224)]) / std[i / (224 * 224)]) as f32).collect::<Vec<_>>()
+        })
+        .collect();
+    let want = common::read_npy(&common::repo_path("tests/fixtures/effnet_output_ort_pre3.npy"));
+    let mut out = vec![0.0f32; 3 * 1280];
+    bb.extract(&inputs, 3, &mut out).expect("run");
+    assert!(max_diff(&out, &want.data) <= 1e-4);
+    // A partial batch (2 of 3) gives the same rows.
+    let mut two = vec![0.0f32; 2 * 1280];
+    bb.extract(&inputs[..2 * 3 * 224 * 224], 2, &mut two).expect("run");
+    assert!(max_diff(&two, &want.data[..2 * 1280]) <= 1e-4);
+    assert!(matches!(bb.extract(&inputs[..10], 1, &mut two[..1280]), Err(BackboneError::InputSize { .. })));
+}
+
+#[test]
+fn resnet18_layer4_runs_with_the_same_ops_as_onnxruntime() {
+    let mut bb = TractBackbone::load(&common::repo_path("models/resnet18_layer4_random.onnx"), 1, None).expect("load");
+    assert_eq!(bb.info().feature_dim, 512);
+    let input = common::read_npy(&common::repo_path("tests/fixtures/effnet_input.npy"));
+    let want = common::read_npy(&common::repo_path("tests/fixtures/resnet18_output_ort.npy"));
+    let got = bb.extract_one(&input.f32()).expect("run");
+    let scale = want.data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1.0);
+    let d = max_diff(&got, &want.data);
+    eprintln!("resnet18 tract vs onnxruntime: max |Δ| = {d:.2e} (max |y| {scale:.2})");
+    assert!(d <= 1e-4 * scale, "max |Δ| {d}");
+}
+
+#[test]
+fn corrupt_truncated_or_missing_model_files_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = std::fs::read(common::repo_path("models/efficientnet_lite0_pooled.onnx")).expect("read");
+    let truncated = dir.path().join("truncated.onnx");
+    std::fs::write(&truncated, &good[..good.len() / 3]).expect("write");
+    let err = TractBackbone::load(&truncated, 1, None).err().expect("truncated must fail");
+    assert!(matches!(err, BackboneError::Load { .. }), "{err}");
+    assert!(err.to_string().contains("truncated.onnx"));
+
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"this is not a protobuf").expect("write");
+    assert!(TractBackbone::load(&garbage, 1, None).is_err());
+
+    let err = TractBackbone::load(&dir.path().join("missing.onnx"), 1, None).err().expect("missing");
+    assert!(matches!(err, BackboneError::Read { .. }));
+    let err = TractBackbone::load(&common::repo_path("models/efficientnet_lite0_pooled.onnx"), 1, Some((256, 256))).err().expect("size");
+    assert!(err.to_string().contains("224"), "{err}");
+}
