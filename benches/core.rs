@@ -21,7 +21,11 @@ fn shared() -> PathBuf {
     let dir = std::env::var_os("VIGIL_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    assert!(dir.join("data").is_dir(), "shared data missing at {} (set VIGIL_SHARED)", dir.display());
+    assert!(
+        dir.join("data").is_dir(),
+        "shared data missing at {} (set VIGIL_SHARED)",
+        dir.display()
+    );
     dir
 }
 
@@ -35,7 +39,9 @@ fn synthetic_features(n: usize, seed: u64) -> Vec<f32> {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     };
     let rank = 64;
-    let basis: Vec<f64> = (0..rank * DIM).map(|_| normal() / (DIM as f64).sqrt()).collect();
+    let basis: Vec<f64> = (0..rank * DIM)
+        .map(|_| normal() / (DIM as f64).sqrt())
+        .collect();
     let mut out = vec![0.0f32; n * DIM];
     let mut z = vec![0.0f64; rank];
     for row in out.chunks_exact_mut(DIM) {
@@ -55,8 +61,16 @@ fn synthetic_features(n: usize, seed: u64) -> Vec<f32> {
 
 fn bench_frame(c: &mut Criterion) {
     let shared = shared();
-    let image = shared.join("data/magnetic_tile/test/good").read_dir().expect("ls").filter_map(|e| e.ok()).map(|e| e.path()).min().expect("an image");
-    let backbone_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0_pooled.onnx");
+    let image = shared
+        .join("data/magnetic_tile/test/good")
+        .read_dir()
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .min()
+        .expect("an image");
+    let backbone_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0_pooled.onnx");
     let mut bb = TractBackbone::load(&backbone_path, 1, None).expect("backbone");
     let pre_cfg = PreprocessConfig::imagenet(224, 224);
     let mut pre = Preprocessor::new(pre_cfg);
@@ -71,17 +85,23 @@ fn bench_frame(c: &mut Criterion) {
             pre.run(&img, &mut tensor).expect("pre");
         })
     });
-    g.bench_function("preprocess/resize_normalise", |b| b.iter(|| pre.run(black_box(&decoded), &mut tensor).expect("pre")));
+    g.bench_function("preprocess/resize_normalise", |b| {
+        b.iter(|| pre.run(black_box(&decoded), &mut tensor).expect("pre"))
+    });
     pre.run(&decoded, &mut tensor).expect("pre");
     let mut feat = vec![0.0f32; bb.info().feature_dim];
-    g.bench_function("backbone/efficientnet_lite0_tract_b1", |b| b.iter(|| bb.extract(black_box(&tensor), 1, &mut feat).expect("run")));
+    g.bench_function("backbone/efficientnet_lite0_tract_b1", |b| {
+        b.iter(|| bb.extract(black_box(&tensor), 1, &mut feat).expect("run"))
+    });
 
     for n in [1_000usize, 40_000] {
         let train = synthetic_features(n, 1);
         let model = Dfkde::fit(&train, n, DIM, &FitConfig::default()).expect("fit");
         let query = synthetic_features(1, 2);
         let mut ws = model.workspace();
-        g.bench_function(format!("score/pca_kde_n{n}"), |b| b.iter(|| model.score(black_box(&query), &mut ws).expect("score")));
+        g.bench_function(format!("score/pca_kde_n{n}"), |b| {
+            b.iter(|| model.score(black_box(&query), &mut ws).expect("score"))
+        });
     }
     g.finish();
 }
@@ -91,7 +111,9 @@ fn bench_fit(c: &mut Criterion) {
     let train = synthetic_features(n, 3);
     let mut g = c.benchmark_group("fit");
     g.sample_size(10);
-    g.bench_function("dfkde_fit_n40000_d1280", |b| b.iter(|| Dfkde::fit(black_box(&train), n, DIM, &FitConfig::default()).expect("fit")));
+    g.bench_function("dfkde_fit_n40000_d1280", |b| {
+        b.iter(|| Dfkde::fit(black_box(&train), n, DIM, &FitConfig::default()).expect("fit"))
+    });
     g.finish();
 }
 

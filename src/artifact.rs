@@ -25,19 +25,39 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Error)]
 pub enum ArtifactError {
     #[error("cannot read model {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write model {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("model {path} is corrupt or truncated: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{path} is not a vigil model file ({reason})")]
     NotAModel { path: PathBuf, reason: String },
     #[error("model {path} has schema version {found}; this vigil reads version {supported} (refit with `vigil fit`)")]
-    UnsupportedVersion { path: PathBuf, found: String, supported: u32 },
+    UnsupportedVersion {
+        path: PathBuf,
+        found: String,
+        supported: u32,
+    },
     #[error("model {path}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
-    Shape { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize> },
+    Shape {
+        path: PathBuf,
+        tensor: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("model {path} was fitted with backbone sha256 {expected}, but the backbone in use is {found} ({backbone}): refit or use the matching ONNX")]
-    BackboneMismatch { path: PathBuf, expected: String, found: String, backbone: PathBuf },
+    BackboneMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+        backbone: PathBuf,
+    },
     #[error("model {path}: {source}")]
     Invalid { path: PathBuf, source: ModelError },
 }
@@ -155,10 +175,20 @@ impl Artifact {
         meta.model_id = String::new();
         let mut h = Sha256::new();
         h.update(serde_json::to_string(&meta).unwrap_or_default().as_bytes());
-        for part in [&model.pca.mean, &model.pca.components, &model.kde.bw_transform, &model.kde.dataset] {
+        for part in [
+            &model.pca.mean,
+            &model.pca.components,
+            &model.kde.bw_transform,
+            &model.kde.dataset,
+        ] {
             h.update(f64_bytes(part));
         }
-        meta.model_id = h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
+        meta.model_id = h
+            .finalize()
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Artifact { meta, model }
     }
 
@@ -174,13 +204,16 @@ impl Artifact {
             (T_CENTER, f64_bytes(&m.kde.center), vec![k]),
         ];
         let meta_json = serde_json::to_string(&self.meta).map_err(|e| e.to_string())?;
-        let mut sorted: Vec<(&str, &[u8])> = parts.iter().map(|(n, b, _)| (*n, b.as_slice())).collect();
+        let mut sorted: Vec<(&str, &[u8])> =
+            parts.iter().map(|(n, b, _)| (*n, b.as_slice())).collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         let sum = checksum(&meta_json, &sorted);
         let views: Vec<(&str, TensorView<'_>)> = parts
             .iter()
             .map(|(name, bytes, shape)| {
-                TensorView::new(Dtype::F64, shape.clone(), bytes).map(|v| (*name, v)).map_err(|e| e.to_string())
+                TensorView::new(Dtype::F64, shape.clone(), bytes)
+                    .map(|v| (*name, v))
+                    .map_err(|e| e.to_string())
             })
             .collect::<Result<_, _>>()?;
         let info = HashMap::from([
@@ -194,12 +227,21 @@ impl Artifact {
 
     /// Write atomically: temp file in the same directory, fsync, rename, fsync the directory.
     pub fn save(&self, path: &Path) -> Result<(), ArtifactError> {
-        let bytes = self.to_bytes().map_err(|reason| ArtifactError::Corrupt { path: path.to_path_buf(), reason })?;
-        write_atomic(path, &bytes).map_err(|source| ArtifactError::Write { path: path.to_path_buf(), source })
+        let bytes = self.to_bytes().map_err(|reason| ArtifactError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        write_atomic(path, &bytes).map_err(|source| ArtifactError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Artifact, ArtifactError> {
-        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_bytes(&bytes, path)
     }
 
@@ -212,19 +254,32 @@ impl Artifact {
         let info = header
             .metadata()
             .as_ref()
-            .ok_or_else(|| ArtifactError::NotAModel { path: p(), reason: "no metadata".into() })?;
+            .ok_or_else(|| ArtifactError::NotAModel {
+                path: p(),
+                reason: "no metadata".into(),
+            })?;
         match info.get("format") {
             Some(f) if f == FORMAT => {}
             other => {
-                return Err(ArtifactError::NotAModel { path: p(), reason: format!("format is {other:?}, expected '{FORMAT}'") })
+                return Err(ArtifactError::NotAModel {
+                    path: p(),
+                    reason: format!("format is {other:?}, expected '{FORMAT}'"),
+                })
             }
         }
         let version = info.get("schema_version").cloned().unwrap_or_default();
         if version != SCHEMA_VERSION.to_string() {
-            return Err(ArtifactError::UnsupportedVersion { path: p(), found: version, supported: SCHEMA_VERSION });
+            return Err(ArtifactError::UnsupportedVersion {
+                path: p(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
         }
-        let meta_json = info.get("vigil").ok_or_else(|| corrupt("metadata entry 'vigil' missing".into()))?;
-        let meta: ArtifactMeta = serde_json::from_str(meta_json).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        let meta_json = info
+            .get("vigil")
+            .ok_or_else(|| corrupt("metadata entry 'vigil' missing".into()))?;
+        let meta: ArtifactMeta =
+            serde_json::from_str(meta_json).map_err(|e| corrupt(format!("metadata: {e}")))?;
         if meta.schema_version != SCHEMA_VERSION {
             return Err(ArtifactError::UnsupportedVersion {
                 path: p(),
@@ -246,9 +301,14 @@ impl Artifact {
         let mut sorted: Vec<(&str, &[u8])> = Vec::new();
         let mut values: HashMap<&str, Vec<f64>> = HashMap::new();
         for (name, shape) in &expect {
-            let t = st.tensor(name).map_err(|e| corrupt(format!("tensor '{name}': {e}")))?;
+            let t = st
+                .tensor(name)
+                .map_err(|e| corrupt(format!("tensor '{name}': {e}")))?;
             if t.dtype() != Dtype::F64 {
-                return Err(corrupt(format!("tensor '{name}' is {:?}, expected F64", t.dtype())));
+                return Err(corrupt(format!(
+                    "tensor '{name}' is {:?}, expected F64",
+                    t.dtype()
+                )));
             }
             if t.shape() != shape.as_slice() {
                 return Err(ArtifactError::Shape {
@@ -261,23 +321,46 @@ impl Artifact {
             sorted.push((name, t.data()));
             values.insert(
                 name,
-                t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
+                t.data()
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect(),
             );
         }
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         let sum = checksum(meta_json, &sorted);
         if info.get("checksum") != Some(&sum) {
-            return Err(corrupt("checksum mismatch (the file was modified or damaged)".into()));
+            return Err(corrupt(
+                "checksum mismatch (the file was modified or damaged)".into(),
+            ));
         }
         let mut take = |name: &str| values.remove(name).unwrap_or_default();
         let invalid = |source: ModelError| ArtifactError::Invalid { path: p(), source };
-        let kde = GaussianKde::from_parts(k, take(T_BW), take(T_DATASET), meta.dfkde.log_norm, take(T_CENTER))
-            .map_err(invalid)?;
-        let pca = Pca { mean: take(T_MEAN), components: take(T_COMPONENTS), explained: Vec::new(), dim: d, k };
+        let kde = GaussianKde::from_parts(
+            k,
+            take(T_BW),
+            take(T_DATASET),
+            meta.dfkde.log_norm,
+            take(T_CENTER),
+        )
+        .map_err(invalid)?;
+        let pca = Pca {
+            mean: take(T_MEAN),
+            components: take(T_COMPONENTS),
+            explained: Vec::new(),
+            dim: d,
+            k,
+        };
         if !(meta.dfkde.max_length > 0.0 && meta.dfkde.max_length.is_finite())
-            || pca.mean.iter().chain(&pca.components).any(|v| !v.is_finite())
+            || pca
+                .mean
+                .iter()
+                .chain(&pca.components)
+                .any(|v| !v.is_finite())
         {
-            return Err(invalid(ModelError::InvalidParameter("non-finite PCA state or ℓ_max".into())));
+            return Err(invalid(ModelError::InvalidParameter(
+                "non-finite PCA state or ℓ_max".into(),
+            )));
         }
         let model = Dfkde {
             pca,
@@ -295,7 +378,12 @@ impl Artifact {
     }
 
     /// Refuse to score features from a different backbone than the one fitted with.
-    pub fn check_backbone(&self, path: &Path, sha256: &str, backbone: &Path) -> Result<(), ArtifactError> {
+    pub fn check_backbone(
+        &self,
+        path: &Path,
+        sha256: &str,
+        backbone: &Path,
+    ) -> Result<(), ArtifactError> {
         if self.meta.backbone.sha256 != sha256 {
             return Err(ArtifactError::BackboneMismatch {
                 path: path.to_path_buf(),
@@ -319,7 +407,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -341,6 +432,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Current time as (RFC 3339 UTC with milliseconds, unix ms).
 pub fn now_rfc3339() -> (String, u64) {
     let now = std::time::SystemTime::now();
-    let ms = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     (humantime::format_rfc3339_millis(now).to_string(), ms)
 }

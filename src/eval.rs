@@ -25,10 +25,16 @@ impl TestSet {
 /// `test/good` first, then each defect folder in name order.
 pub fn mvtec_test_set(root: &Path) -> Result<TestSet, FeatureError> {
     let test = root.join("test");
-    let rd = std::fs::read_dir(&test).map_err(|source| FeatureError::List { path: test.clone(), source })?;
+    let rd = std::fs::read_dir(&test).map_err(|source| FeatureError::List {
+        path: test.clone(),
+        source,
+    })?;
     let mut defects: Vec<String> = Vec::new();
     for e in rd {
-        let e = e.map_err(|source| FeatureError::List { path: test.clone(), source })?;
+        let e = e.map_err(|source| FeatureError::List {
+            path: test.clone(),
+            source,
+        })?;
         if e.path().is_dir() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name != "good" {
@@ -37,7 +43,10 @@ pub fn mvtec_test_set(root: &Path) -> Result<TestSet, FeatureError> {
         }
     }
     defects.sort();
-    let mut set = TestSet { paths: Vec::new(), groups: Vec::new() };
+    let mut set = TestSet {
+        paths: Vec::new(),
+        groups: Vec::new(),
+    };
     for g in std::iter::once("good".to_string()).chain(defects) {
         for p in list_images(&test.join(&g))? {
             set.paths.push(p);

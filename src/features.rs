@@ -11,7 +11,10 @@ use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
 #[derive(Debug, Error)]
 pub enum FeatureError {
     #[error("cannot list {path}: {source}")]
-    List { path: PathBuf, source: std::io::Error },
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no images (.jpg, .jpeg, .png) in {0}")]
     NoImages(PathBuf),
     #[error(transparent)]
@@ -22,12 +25,21 @@ pub enum FeatureError {
 
 /// Image files directly inside `dir` (JPEG / PNG by extension), sorted by path.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, FeatureError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| FeatureError::List { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| FeatureError::List {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for entry in rd {
-        let entry = entry.map_err(|source| FeatureError::List { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| FeatureError::List {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let p = entry.path();
-        let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
         if p.is_file() && matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
             out.push(p);
         }

@@ -3,7 +3,9 @@
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::artifact::{now_rfc3339, Artifact, ArtifactMeta, BackboneMeta, DfkdeMeta, ThresholdMeta, ThresholdRule};
+use crate::artifact::{
+    now_rfc3339, Artifact, ArtifactMeta, BackboneMeta, DfkdeMeta, ThresholdMeta, ThresholdRule,
+};
 use crate::backbone::BackboneInfo;
 use crate::model::{log_density_threshold, pred_score, quantile, Dfkde, FitConfig, ModelError};
 use crate::preprocess::PreprocessConfig;
@@ -22,7 +24,10 @@ pub struct ThresholdConfig {
 
 impl Default for ThresholdConfig {
     fn default() -> Self {
-        ThresholdConfig { holdout: 0.2, quantile: 0.995 }
+        ThresholdConfig {
+            holdout: 0.2,
+            quantile: 0.995,
+        }
     }
 }
 
@@ -30,7 +35,7 @@ impl Default for ThresholdConfig {
 pub fn holdout_split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let n_hold = ((n as f64) * fraction).round() as usize;
     let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x686f_6c64_6f75_74); // "holdout"
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0068_6f6c_646f_7574); // "holdout"
     for i in (1..n).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         idx.swap(i, j);
@@ -42,6 +47,9 @@ pub fn holdout_split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usi
     (fit, hold)
 }
 
+/// A model, its threshold, and the normal-score quantiles `(q, log-density)` behind it.
+pub type FittedWithThreshold = (Dfkde, ThresholdMeta, Vec<(f64, f64)>);
+
 /// Fit a model with a threshold from normal features only, then refit on all of them.
 pub fn fit_with_threshold(
     features: &[f32],
@@ -49,12 +57,18 @@ pub fn fit_with_threshold(
     dim: usize,
     cfg: &FitConfig,
     th: &ThresholdConfig,
-) -> Result<(Dfkde, ThresholdMeta, Vec<(f64, f64)>), ModelError> {
+) -> Result<FittedWithThreshold, ModelError> {
     if !(0.0..1.0).contains(&th.holdout) {
-        return Err(ModelError::InvalidParameter(format!("holdout fraction {} outside [0, 1)", th.holdout)));
+        return Err(ModelError::InvalidParameter(format!(
+            "holdout fraction {} outside [0, 1)",
+            th.holdout
+        )));
     }
     if !(0.0..=1.0).contains(&th.quantile) {
-        return Err(ModelError::InvalidParameter(format!("quantile {} outside [0, 1]", th.quantile)));
+        return Err(ModelError::InvalidParameter(format!(
+            "quantile {} outside [0, 1]",
+            th.quantile
+        )));
     }
     let (threshold, quantiles) = if th.holdout > 0.0 {
         let (fit_rows, hold_rows) = holdout_split(n, th.holdout, cfg.seed);
@@ -64,16 +78,26 @@ pub fn fit_with_threshold(
                 th.holdout
             )));
         }
-        let sub: Vec<f32> = fit_rows.iter().flat_map(|&r| features[r * dim..(r + 1) * dim].iter().copied()).collect();
+        let sub: Vec<f32> = fit_rows
+            .iter()
+            .flat_map(|&r| features[r * dim..(r + 1) * dim].iter().copied())
+            .collect();
         let model = Dfkde::fit(&sub, fit_rows.len(), dim, cfg)?;
         let mut ws = model.workspace();
         let logd: Vec<f64> = hold_rows
             .iter()
-            .map(|&r| model.score(&features[r * dim..(r + 1) * dim], &mut ws).map(|s| s.log_density))
+            .map(|&r| {
+                model
+                    .score(&features[r * dim..(r + 1) * dim], &mut ws)
+                    .map(|s| s.log_density)
+            })
             .collect::<Result<_, _>>()?;
         let t = log_density_threshold(&logd, th.quantile)?;
         let neg: Vec<f64> = logd.iter().map(|s| -s).collect();
-        let qs = RECORDED_QUANTILES.iter().map(|&q| quantile(&neg, q).map(|a| (q, -a))).collect::<Result<Vec<_>, _>>()?;
+        let qs = RECORDED_QUANTILES
+            .iter()
+            .map(|&q| quantile(&neg, q).map(|a| (q, -a)))
+            .collect::<Result<Vec<_>, _>>()?;
         (
             ThresholdMeta {
                 rule: ThresholdRule::HoldoutQuantile,
@@ -120,7 +144,11 @@ pub fn make_artifact(
         created_unix_ms,
         vigil_version: env!("CARGO_PKG_VERSION").to_string(),
         backbone: BackboneMeta {
-            file: backbone.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: backbone
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             sha256: backbone.sha256.clone(),
             input_width: backbone.input_width,
             input_height: backbone.input_height,

@@ -1,5 +1,6 @@
 //! The `vigil` command line.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,7 +20,11 @@ use vigil::preprocess::{Normalization, PreprocessConfig};
 const DEFAULT_BACKBONE: &str = "models/efficientnet_lite0_pooled.onnx";
 
 #[derive(Parser)]
-#[command(name = "vigil", version, about = "On-device visual anomaly detection (anomalib DFKDE on an ONNX backbone)")]
+#[command(
+    name = "vigil",
+    version,
+    about = "On-device visual anomaly detection (anomalib DFKDE on an ONNX backbone)"
+)]
 struct Cli {
     /// Log filter (tracing-subscriber syntax), also from RUST_LOG.
     #[arg(long, global = true, default_value = "info")]
@@ -125,20 +130,28 @@ struct EvalArgs {
 }
 
 fn parse_scaling(s: &str) -> Result<Scaling, String> {
-    s.parse().map_err(|e: vigil::model::ModelError| e.to_string())
+    s.parse()
+        .map_err(|e: vigil::model::ModelError| e.to_string())
 }
 
 fn parse_norm(s: &str) -> Result<Normalization, String> {
     match s {
         "imagenet" => Ok(Normalization::Imagenet),
         "tflite" => Ok(Normalization::Tflite),
-        other => Err(format!("unknown normalization '{other}' (imagenet | tflite)")),
+        other => Err(format!(
+            "unknown normalization '{other}' (imagenet | tflite)"
+        )),
     }
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected WxH, got '{s}'"))?;
-    Ok((w.parse().map_err(|e| format!("{e}"))?, h.parse().map_err(|e| format!("{e}"))?))
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected WxH, got '{s}'"))?;
+    Ok((
+        w.parse().map_err(|e| format!("{e}"))?,
+        h.parse().map_err(|e| format!("{e}"))?,
+    ))
 }
 
 fn resolve_backbone(p: &Option<PathBuf>) -> PathBuf {
@@ -160,22 +173,37 @@ fn load_backbone(args: &BackboneArgs) -> Result<(TractBackbone, PreprocessConfig
     let path = resolve_backbone(&args.backbone);
     let bb = TractBackbone::load(&path, 1, args.input_size)?;
     let info = bb.info();
-    let pre = PreprocessConfig { normalization: args.normalization, ..PreprocessConfig::imagenet(info.input_width, info.input_height) };
+    let pre = PreprocessConfig {
+        normalization: args.normalization,
+        ..PreprocessConfig::imagenet(info.input_width, info.input_height)
+    };
     tracing::info!(backbone = %path.display(), sha256 = %info.sha256, dim = info.feature_dim, "backbone loaded");
     Ok((bb, pre))
 }
 
 fn fit_config(p: &FitParams) -> FitConfig {
-    FitConfig { n_components: p.pca, scaling: p.scaling, max_training_points: p.max_training_points, seed: p.seed }
+    FitConfig {
+        n_components: p.pca,
+        scaling: p.scaling,
+        max_training_points: p.max_training_points,
+        seed: p.seed,
+    }
 }
 
-fn fit_folder(train: &Path, bargs: &BackboneArgs, params: &FitParams) -> Result<(Artifact, TractBackbone, PreprocessConfig)> {
+fn fit_folder(
+    train: &Path,
+    bargs: &BackboneArgs,
+    params: &FitParams,
+) -> Result<(Artifact, TractBackbone, PreprocessConfig)> {
     let (mut bb, pre) = load_backbone(bargs)?;
     let paths = list_images(train)?;
     let feats = extract_paths(&mut bb, pre, &paths, "features")?;
     let dim = bb.info().feature_dim;
     let cfg = fit_config(params);
-    let th = ThresholdConfig { holdout: params.holdout, quantile: params.quantile };
+    let th = ThresholdConfig {
+        holdout: params.holdout,
+        quantile: params.quantile,
+    };
     let (model, threshold, qs) = fit_with_threshold(&feats, paths.len(), dim, &cfg, &th)
         .with_context(|| format!("fitting on {} images from {}", paths.len(), train.display()))?;
     let art = make_artifact(model, threshold, qs, bb.info(), pre, &cfg, paths.len());
@@ -183,7 +211,10 @@ fn fit_folder(train: &Path, bargs: &BackboneArgs, params: &FitParams) -> Result<
 }
 
 /// Load an artifact with the backbone it was fitted with (hash-checked).
-fn load_model(model: &Path, bargs: &BackboneArgs) -> Result<(Artifact, TractBackbone, PreprocessConfig)> {
+fn load_model(
+    model: &Path,
+    bargs: &BackboneArgs,
+) -> Result<(Artifact, TractBackbone, PreprocessConfig)> {
     let art = Artifact::load(model)?;
     let path = resolve_backbone(&bargs.backbone);
     let sha = file_sha256(&path)?;
@@ -213,10 +244,20 @@ fn cmd_fit(a: FitArgs) -> Result<()> {
     Ok(())
 }
 
-fn score_images(model: &Dfkde, bb: &mut TractBackbone, pre: PreprocessConfig, paths: &[PathBuf], what: &str) -> Result<Vec<f64>> {
+fn score_images(
+    model: &Dfkde,
+    bb: &mut TractBackbone,
+    pre: PreprocessConfig,
+    paths: &[PathBuf],
+    what: &str,
+) -> Result<Vec<f64>> {
     let feats = extract_paths(bb, pre, paths, what)?;
     let dim = bb.info().feature_dim;
-    Ok(model.score_rows(&feats, dim)?.iter().map(|s| s.log_density).collect())
+    Ok(model
+        .score_rows(&feats, dim)?
+        .iter()
+        .map(|s| s.log_density)
+        .collect())
 }
 
 fn cmd_score(a: ScoreArgs) -> Result<()> {
@@ -250,13 +291,28 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let set = mvtec_test_set(&a.data)?;
     let logd = score_images(&art.model, &mut bb, pre, &set.paths, "test")?;
     let m = &art.meta;
-    let rep = report(&set, &logd, m.threshold.log_density, m.threshold.pred_score, m.n_train, &m.model_id);
+    let rep = report(
+        &set,
+        &logd,
+        m.threshold.log_density,
+        m.threshold.pred_score,
+        m.n_train,
+        &m.model_id,
+    );
     if let Some(dir) = &a.plots {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let labels = set.labels();
         let anomaly: Vec<f64> = logd.iter().map(|s| -s).collect();
-        let name = a.data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut curves = vec![("all defects".to_string(), roc_curve(&anomaly, &labels), rep.auroc)];
+        let name = a
+            .data
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut curves = vec![(
+            "all defects".to_string(),
+            roc_curve(&anomaly, &labels),
+            rep.auroc,
+        )];
         let mut groups = vec![("good".to_string(), Vec::new())];
         for (g, auc) in &rep.per_defect {
             let (s, l): (Vec<f64>, Vec<bool>) = set
@@ -275,12 +331,20 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             }
         }
         vigil::plots::roc_png(&dir.join("roc.png"), &format!("{name}: ROC"), &curves)?;
-        vigil::plots::histogram_png(&dir.join("histogram.png"), &format!("{name}: anomaly scores"), &groups, -rep.threshold)?;
+        vigil::plots::histogram_png(
+            &dir.join("histogram.png"),
+            &format!("{name}: anomaly scores"),
+            &groups,
+            -rep.threshold,
+        )?;
     }
     if a.json {
         println!("{}", serde_json::to_string(&rep)?);
     } else {
-        println!("model {}  train {}  test {}", rep.model_id, rep.n_train, rep.n_test);
+        println!(
+            "model {}  train {}  test {}",
+            rep.model_id, rep.n_train, rep.n_test
+        );
         println!("image AUROC  {:.4}", rep.auroc);
         for (g, v) in &rep.per_defect {
             println!("  {g:<20} {v:.4}");
@@ -303,7 +367,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let result = match cli.command {
         Command::Fit(a) => cmd_fit(a),
         Command::Score(a) => cmd_score(a),
@@ -318,4 +386,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

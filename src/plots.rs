@@ -48,29 +48,47 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 fn err(path: &Path, e: impl std::fmt::Display) -> PlotError {
-    PlotError { path: path.display().to_string(), reason: e.to_string() }
+    PlotError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
+/// One ROC curve: (name, (fpr, tpr) points, AUROC).
+pub type RocCurve = (String, Vec<(f64, f64)>, f64);
+
 /// ROC curves, one per (name, points, auc).
-pub fn roc_png(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>, f64)]) -> Result<(), PlotError> {
+pub fn roc_png(path: &Path, title: &str, curves: &[RocCurve]) -> Result<(), PlotError> {
     let text = ensure_font();
     let root = BitMapBackend::new(path, (720, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let mut builder = ChartBuilder::on(&root);
-    builder.margin(16).x_label_area_size(if text { 40 } else { 8 }).y_label_area_size(if text { 50 } else { 8 });
+    builder
+        .margin(16)
+        .x_label_area_size(if text { 40 } else { 8 })
+        .y_label_area_size(if text { 50 } else { 8 });
     if text {
         builder.caption(title, ("sans-serif", 22));
     }
-    let mut chart = builder.build_cartesian_2d(0f64..1f64, 0f64..1f64).map_err(|e| err(path, e))?;
+    let mut chart = builder
+        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+        .map_err(|e| err(path, e))?;
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("false positive rate").y_desc("true positive rate");
+        mesh.x_desc("false positive rate")
+            .y_desc("true positive rate");
     } else {
-        mesh.disable_x_mesh().disable_y_mesh().x_labels(0).y_labels(0);
+        mesh.disable_x_mesh()
+            .disable_y_mesh()
+            .x_labels(0)
+            .y_labels(0);
     }
     mesh.draw().map_err(|e| err(path, e))?;
     chart
-        .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
+        .draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (1.0, 1.0)],
+            BLACK.mix(0.3),
+        ))
         .map_err(|e| err(path, e))?;
     for (i, (name, pts, auc)) in curves.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
@@ -80,7 +98,9 @@ pub fn roc_png(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>, f64
         if text {
             series
                 .label(format!("{name} (AUROC {auc:.3})"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
     }
     if text {
@@ -97,10 +117,21 @@ pub fn roc_png(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>, f64
 
 /// Overlaid histograms of anomaly scores (−log-density), one per group, with the
 /// threshold as a vertical line.
-pub fn histogram_png(path: &Path, title: &str, groups: &[(String, Vec<f64>)], threshold: f64) -> Result<(), PlotError> {
+pub fn histogram_png(
+    path: &Path,
+    title: &str,
+    groups: &[(String, Vec<f64>)],
+    threshold: f64,
+) -> Result<(), PlotError> {
     let text = ensure_font();
-    let all: Vec<f64> = groups.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite()).collect();
-    let (mut lo, mut hi) = all.iter().fold((threshold, threshold), |(a, b), &v| (a.min(v), b.max(v)));
+    let all: Vec<f64> = groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite())
+        .collect();
+    let (mut lo, mut hi) = all
+        .iter()
+        .fold((threshold, threshold), |(a, b), &v| (a.min(v), b.max(v)));
     if hi <= lo {
         hi = lo + 1.0;
     }
@@ -121,18 +152,30 @@ pub fn histogram_png(path: &Path, title: &str, groups: &[(String, Vec<f64>)], th
             h.iter().map(|c| c / n).collect()
         })
         .collect();
-    let ymax = densities.iter().flatten().copied().fold(0.0, f64::max).max(1e-9) * 1.1;
+    let ymax = densities
+        .iter()
+        .flatten()
+        .copied()
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.1;
     let root = BitMapBackend::new(path, (820, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let mut builder = ChartBuilder::on(&root);
-    builder.margin(16).x_label_area_size(if text { 40 } else { 8 }).y_label_area_size(if text { 50 } else { 8 });
+    builder
+        .margin(16)
+        .x_label_area_size(if text { 40 } else { 8 })
+        .y_label_area_size(if text { 50 } else { 8 });
     if text {
         builder.caption(title, ("sans-serif", 22));
     }
-    let mut chart = builder.build_cartesian_2d(lo..hi, 0f64..ymax).map_err(|e| err(path, e))?;
+    let mut chart = builder
+        .build_cartesian_2d(lo..hi, 0f64..ymax)
+        .map_err(|e| err(path, e))?;
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("anomaly score (−log-density)").y_desc("fraction of images");
+        mesh.x_desc("anomaly score (−log-density)")
+            .y_desc("fraction of images");
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -148,16 +191,22 @@ pub fn histogram_png(path: &Path, title: &str, groups: &[(String, Vec<f64>)], th
             })
             .collect();
         let series = chart
-            .draw_series(AreaSeries::new(pts.iter().copied(), 0.0, color.mix(0.25)).border_style(color.stroke_width(2)))
+            .draw_series(
+                AreaSeries::new(pts.iter().copied(), 0.0, color.mix(0.25))
+                    .border_style(color.stroke_width(2)),
+            )
             .map_err(|e| err(path, e))?;
         if text {
-            series
-                .label(name.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.mix(0.5).filled()));
+            series.label(name.clone()).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.mix(0.5).filled())
+            });
         }
     }
     chart
-        .draw_series(LineSeries::new(vec![(threshold, 0.0), (threshold, ymax)], BLACK.stroke_width(2)))
+        .draw_series(LineSeries::new(
+            vec![(threshold, 0.0), (threshold, ymax)],
+            BLACK.stroke_width(2),
+        ))
         .map_err(|e| err(path, e))?;
     if text {
         chart

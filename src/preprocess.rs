@@ -15,13 +15,28 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum PreprocessError {
     #[error("cannot read image {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot decode image {path}: {source}")]
-    Decode { path: String, source: image::ImageError },
+    Decode {
+        path: String,
+        source: image::ImageError,
+    },
     #[error("image {path} is empty ({width}×{height})")]
-    Empty { path: String, width: u32, height: u32 },
+    Empty {
+        path: String,
+        width: u32,
+        height: u32,
+    },
     #[error("raw frame buffer has {got} bytes, {width}×{height} RGB needs {need}")]
-    BadFrame { width: u32, height: u32, got: usize, need: usize },
+    BadFrame {
+        width: u32,
+        height: u32,
+        got: usize,
+        need: usize,
+    },
     #[error("resize failed: {0}")]
     Resize(String),
 }
@@ -70,7 +85,12 @@ fn default_resize() -> ResizeKind {
 
 impl PreprocessConfig {
     pub fn imagenet(width: u32, height: u32) -> Self {
-        PreprocessConfig { width, height, normalization: Normalization::Imagenet, resize: ResizeKind::BilinearAntialias }
+        PreprocessConfig {
+            width,
+            height,
+            normalization: Normalization::Imagenet,
+            resize: ResizeKind::BilinearAntialias,
+        }
     }
 
     pub fn tensor_len(&self) -> usize {
@@ -88,39 +108,68 @@ pub struct RgbF32 {
 
 /// Decode an encoded image (JPEG / PNG) from bytes.
 pub fn decode_bytes(bytes: &[u8], name: &str) -> Result<RgbF32, PreprocessError> {
-    let img = image::load_from_memory(bytes).map_err(|source| PreprocessError::Decode { path: name.to_string(), source })?;
+    let img = image::load_from_memory(bytes).map_err(|source| PreprocessError::Decode {
+        path: name.to_string(),
+        source,
+    })?;
     from_dynamic(img, name)
 }
 
 /// Decode an image file (format from its content, not its extension).
 pub fn decode_file(path: &Path) -> Result<RgbF32, PreprocessError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| PreprocessError::Read { path: name.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| PreprocessError::Read {
+        path: name.clone(),
+        source,
+    })?;
     decode_bytes(&bytes, &name)
 }
 
 fn from_dynamic(img: image::DynamicImage, name: &str) -> Result<RgbF32, PreprocessError> {
     let (width, height) = (img.width(), img.height());
     if width == 0 || height == 0 {
-        return Err(PreprocessError::Empty { path: name.to_string(), width, height });
+        return Err(PreprocessError::Empty {
+            path: name.to_string(),
+            width,
+            height,
+        });
     }
     // 8-bit → v/255, 16-bit → v/65535; gray replicated; alpha dropped (PIL convert("RGB")).
     let rgb = img.to_rgb32f();
     let pixels = rgb.pixels().map(|p| F32x3::new(p.0)).collect();
-    Ok(RgbF32 { width, height, pixels })
+    Ok(RgbF32 {
+        width,
+        height,
+        pixels,
+    })
 }
 
 /// Wrap a raw interleaved RGB8 frame (e.g. from a camera) as [0, 1] floats.
 pub fn from_rgb8(data: &[u8], width: u32, height: u32) -> Result<RgbF32, PreprocessError> {
     let need = 3 * width as usize * height as usize;
     if data.len() != need || need == 0 {
-        return Err(PreprocessError::BadFrame { width, height, got: data.len(), need });
+        return Err(PreprocessError::BadFrame {
+            width,
+            height,
+            got: data.len(),
+            need,
+        });
     }
     let pixels = data
         .chunks_exact(3)
-        .map(|c| F32x3::new([f32::from(c[0]) / 255.0, f32::from(c[1]) / 255.0, f32::from(c[2]) / 255.0]))
+        .map(|c| {
+            F32x3::new([
+                f32::from(c[0]) / 255.0,
+                f32::from(c[1]) / 255.0,
+                f32::from(c[2]) / 255.0,
+            ])
+        })
         .collect();
-    Ok(RgbF32 { width, height, pixels })
+    Ok(RgbF32 {
+        width,
+        height,
+        pixels,
+    })
 }
 
 /// Reusable resize + normalise stage (keeps its buffers between frames).
@@ -132,7 +181,11 @@ pub struct Preprocessor {
 
 impl Preprocessor {
     pub fn new(cfg: PreprocessConfig) -> Self {
-        Preprocessor { cfg, resizer: Resizer::new(), dst: TypedImage::new(cfg.width, cfg.height) }
+        Preprocessor {
+            cfg,
+            resizer: Resizer::new(),
+            dst: TypedImage::new(cfg.width, cfg.height),
+        }
     }
 
     pub fn config(&self) -> &PreprocessConfig {
@@ -141,14 +194,19 @@ impl Preprocessor {
 
     /// Resize only: CHW values in [0, 1] (what the reference fixtures hold).
     pub fn resize_chw(&mut self, img: &RgbF32, out: &mut [f32]) -> Result<(), PreprocessError> {
-        let src = TypedImageRef::new(img.width, img.height, &img.pixels).map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        let src = TypedImageRef::new(img.width, img.height, &img.pixels)
+            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
         let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         self.resizer
             .resize_typed(&src, &mut self.dst, &opts)
             .map_err(|e| PreprocessError::Resize(e.to_string()))?;
         let plane = (self.cfg.width * self.cfg.height) as usize;
         if out.len() != 3 * plane {
-            return Err(PreprocessError::Resize(format!("output buffer {} != {}", out.len(), 3 * plane)));
+            return Err(PreprocessError::Resize(format!(
+                "output buffer {} != {}",
+                out.len(),
+                3 * plane
+            )));
         }
         for (i, p) in self.dst.pixels().iter().enumerate() {
             let [r, g, b] = p.0;

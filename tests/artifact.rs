@@ -15,7 +15,8 @@ fn fitted() -> Artifact {
     let train = common::load("a512_train_f32");
     let cfg = FitConfig::default();
     let (model, th, qs) =
-        fit_with_threshold(&train.f32(), 1000, 512, &cfg, &ThresholdConfig::default()).expect("fit");
+        fit_with_threshold(&train.f32(), 1000, 512, &cfg, &ThresholdConfig::default())
+            .expect("fit");
     let info = BackboneInfo {
         path: "models/test.onnx".into(),
         sha256: "ab".repeat(32),
@@ -25,7 +26,15 @@ fn fitted() -> Artifact {
         batch: 1,
         outputs: vec!["features".into()],
     };
-    make_artifact(model, th, qs, &info, PreprocessConfig::imagenet(224, 224), &cfg, 1000)
+    make_artifact(
+        model,
+        th,
+        qs,
+        &info,
+        PreprocessConfig::imagenet(224, 224),
+        &cfg,
+        1000,
+    )
 }
 
 #[test]
@@ -48,7 +57,10 @@ fn round_trip_preserves_every_number_and_scores_identically() {
     let m = &back.meta;
     assert_eq!(m.schema_version, 1);
     assert_eq!(m.backbone.sha256.len(), 64);
-    assert_eq!((m.backbone.input_width, m.backbone.input_height), (224, 224));
+    assert_eq!(
+        (m.backbone.input_width, m.backbone.input_height),
+        (224, 224)
+    );
     assert_eq!(m.n_train, 1000);
     assert_eq!(m.dfkde.n_fit, 1000);
     assert_eq!(m.threshold.n_holdout, 200);
@@ -56,7 +68,10 @@ fn round_trip_preserves_every_number_and_scores_identically() {
     assert!(!m.normal_log_density_quantiles.is_empty());
     assert_eq!(m.model_id.len(), 12);
     // No temp file left behind by the atomic write.
-    let names: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("e").file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("e").file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
@@ -83,7 +98,13 @@ fn truncated_files_are_rejected_at_every_length() {
     let step = (bytes.len() / 97).max(1);
     for len in (0..bytes.len()).step_by(step).chain([bytes.len() - 1]) {
         let err = load_bytes(&bytes[..len]).expect_err("truncated must fail");
-        assert!(matches!(err, ArtifactError::Corrupt { .. } | ArtifactError::NotAModel { .. }), "len {len}: {err}");
+        assert!(
+            matches!(
+                err,
+                ArtifactError::Corrupt { .. } | ArtifactError::NotAModel { .. }
+            ),
+            "len {len}: {err}"
+        );
     }
 }
 
@@ -93,7 +114,10 @@ fn any_flipped_bit_is_detected() {
     let bytes = art.to_bytes().expect("bytes");
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8")) as usize;
     // Flip bits across the header (JSON metadata, shapes, offsets) and the tensor data.
-    let positions: Vec<usize> = (0..bytes.len()).step_by(bytes.len() / 400).chain([9, header_len, header_len + 8, bytes.len() - 1]).collect();
+    let positions: Vec<usize> = (0..bytes.len())
+        .step_by(bytes.len() / 400)
+        .chain([9, header_len, header_len + 8, bytes.len() - 1])
+        .collect();
     let mut caught = 0;
     for &pos in &positions {
         for bit in [0u8, 3, 6] {
@@ -106,7 +130,11 @@ fn any_flipped_bit_is_detected() {
             }
         }
     }
-    assert!(caught as f64 >= 0.95 * (positions.len() * 3) as f64, "caught {caught} of {}", positions.len() * 3);
+    assert!(
+        caught as f64 >= 0.95 * (positions.len() * 3) as f64,
+        "caught {caught} of {}",
+        positions.len() * 3
+    );
 }
 
 #[test]
@@ -115,20 +143,34 @@ fn wrong_version_wrong_shape_and_foreign_files_get_clear_errors() {
     // A future schema version.
     let mut meta = art.meta.clone();
     meta.schema_version = 2;
-    let future = Artifact { meta, model: art.model.clone() };
+    let future = Artifact {
+        meta,
+        model: art.model.clone(),
+    };
     let bytes = future.to_bytes().expect("bytes");
     let needle = b"\"schema_version\":\"1\"";
-    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("header field");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("header field");
     let mut bumped = bytes.clone();
     bumped[at + needle.len() - 2] = b'2';
     let err = load_bytes(&bumped).expect_err("version");
-    assert!(matches!(err, ArtifactError::UnsupportedVersion { .. }), "{err}");
+    assert!(
+        matches!(err, ArtifactError::UnsupportedVersion { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("schema version 2"));
 
     // Metadata that disagrees with the tensor shapes (claims k = 8).
     let mut meta = art.meta.clone();
     meta.dfkde.n_components = 8;
-    let mut bad = Artifact { meta, model: art.model.clone() }.to_bytes().expect("bytes");
+    let mut bad = Artifact {
+        meta,
+        model: art.model.clone(),
+    }
+    .to_bytes()
+    .expect("bytes");
     // to_bytes recomputes nothing from meta: the shapes are 16 while the header says 8.
     let err = load_bytes(&bad).expect_err("shape");
     assert!(matches!(err, ArtifactError::Shape { .. }), "{err}");
@@ -137,7 +179,11 @@ fn wrong_version_wrong_shape_and_foreign_files_get_clear_errors() {
     // Not a safetensors file at all / a safetensors file that is not ours.
     bad = b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1}        ".to_vec();
     assert!(load_bytes(&bad).is_err());
-    let empty = safetensors::serialize(Vec::<(&str, safetensors::tensor::TensorView<'_>)>::new(), None).expect("st");
+    let empty = safetensors::serialize(
+        Vec::<(&str, safetensors::tensor::TensorView<'_>)>::new(),
+        None,
+    )
+    .expect("st");
     let err = load_bytes(&empty).expect_err("foreign");
     assert!(matches!(err, ArtifactError::NotAModel { .. }), "{err}");
     let err = Artifact::load(Path::new("/nonexistent/model.safetensors")).expect_err("missing");
@@ -147,8 +193,12 @@ fn wrong_version_wrong_shape_and_foreign_files_get_clear_errors() {
 #[test]
 fn a_different_backbone_is_refused() {
     let art = fitted();
-    assert!(art.check_backbone(Path::new("m"), &"ab".repeat(32), Path::new("b.onnx")).is_ok());
-    let err = art.check_backbone(Path::new("m"), &"cd".repeat(32), Path::new("b.onnx")).expect_err("mismatch");
+    assert!(art
+        .check_backbone(Path::new("m"), &"ab".repeat(32), Path::new("b.onnx"))
+        .is_ok());
+    let err = art
+        .check_backbone(Path::new("m"), &"cd".repeat(32), Path::new("b.onnx"))
+        .expect_err("mismatch");
     assert!(matches!(err, ArtifactError::BackboneMismatch { .. }));
     assert!(err.to_string().contains("refit"));
 }
@@ -159,9 +209,17 @@ fn threshold_comes_from_the_holdout_quantile_and_is_strict() {
     let t = &art.meta.threshold;
     assert_eq!(t.quantile, Some(0.995));
     assert!((t.pred_score - vigil::model::pred_score(t.log_density)).abs() < 1e-15);
-    assert!(!art.is_anomalous(t.log_density), "a frame exactly at the threshold is normal");
+    assert!(
+        !art.is_anomalous(t.log_density),
+        "a frame exactly at the threshold is normal"
+    );
     assert!(art.is_anomalous(t.log_density - 1e-9));
     // The recorded quantiles bracket the threshold.
-    let q995 = art.meta.normal_log_density_quantiles.iter().find(|(q, _)| *q == 0.995).expect("q");
+    let q995 = art
+        .meta
+        .normal_log_density_quantiles
+        .iter()
+        .find(|(q, _)| *q == 0.995)
+        .expect("q");
     assert!((q995.1 - t.log_density).abs() < 1e-12);
 }

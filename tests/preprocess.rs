@@ -5,32 +5,56 @@ mod common;
 
 use std::path::Path;
 
-use vigil::preprocess::{decode_bytes, decode_file, from_rgb8, PreprocessConfig, PreprocessError, Preprocessor};
+use vigil::preprocess::{
+    decode_bytes, decode_file, from_rgb8, PreprocessConfig, PreprocessError, Preprocessor,
+};
 
 /// (max |Δ|, mean |Δ|) between our resized CHW tensor and the reference.
 fn compare(image: &Path, reference: &str) -> (f64, f64) {
-    let reference = common::read_npy(&common::repo_path(&format!("tests/fixtures/{reference}.npy")));
+    let reference = common::read_npy(&common::repo_path(&format!(
+        "tests/fixtures/{reference}.npy"
+    )));
     assert_eq!(reference.shape, vec![3, 224, 224]);
     let img = decode_file(image).expect("decode");
     let mut pre = Preprocessor::new(PreprocessConfig::imagenet(224, 224));
     let mut out = vec![0.0f32; 3 * 224 * 224];
     pre.resize_chw(&img, &mut out).expect("resize");
-    let diffs: Vec<f64> = out.iter().zip(&reference.data).map(|(a, b)| (f64::from(*a) - b).abs()).collect();
+    let diffs: Vec<f64> = out
+        .iter()
+        .zip(&reference.data)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .collect();
     let max = diffs.iter().copied().fold(0.0, f64::max);
     let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-    eprintln!("{}: max |Δ| = {:.3}/255, mean |Δ| = {:.4}/255", image.display(), max * 255.0, mean * 255.0);
+    eprintln!(
+        "{}: max |Δ| = {:.3}/255, mean |Δ| = {:.4}/255",
+        image.display(),
+        max * 255.0,
+        mean * 255.0
+    );
     (max, mean)
 }
 
 fn assert_within_issue_tolerance(image: &Path, reference: &str) {
     let (max, mean) = compare(image, reference);
-    assert!(max <= 2.0 / 255.0, "{reference}: max |Δ| {} > 2/255", max * 255.0);
-    assert!(mean <= 0.25 / 255.0, "{reference}: mean |Δ| {} > 0.25/255", mean * 255.0);
+    assert!(
+        max <= 2.0 / 255.0,
+        "{reference}: max |Δ| {} > 2/255",
+        max * 255.0
+    );
+    assert!(
+        mean <= 0.25 / 255.0,
+        "{reference}: mean |Δ| {} > 0.25/255",
+        mean * 255.0
+    );
 }
 
 #[test]
 fn rgb_png_matches_torchvision_antialiased_resize() {
-    assert_within_issue_tolerance(&common::repo_path("tests/fixtures/chelsea.png"), "pre_chelsea");
+    assert_within_issue_tolerance(
+        &common::repo_path("tests/fixtures/chelsea.png"),
+        "pre_chelsea",
+    );
 }
 
 #[test]
@@ -47,14 +71,23 @@ fn grayscale_png_from_the_shared_data_matches() {
 
 #[test]
 fn rgba_drops_alpha_and_upscales_like_torchvision() {
-    assert_within_issue_tolerance(&common::repo_path("tests/fixtures/chelsea_rgba.png"), "pre_chelsea_rgba");
+    assert_within_issue_tolerance(
+        &common::repo_path("tests/fixtures/chelsea_rgba.png"),
+        "pre_chelsea_rgba",
+    );
 }
 
 #[test]
 fn sixteen_bit_pngs_keep_their_precision() {
     // v / 65535 (not PIL's clamp or high byte): the reference is built from the raw array.
-    assert_within_issue_tolerance(&common::repo_path("tests/fixtures/chelsea16.png"), "pre_chelsea16");
-    assert_within_issue_tolerance(&common::repo_path("tests/fixtures/chelsea16_rgb.png"), "pre_chelsea16_rgb");
+    assert_within_issue_tolerance(
+        &common::repo_path("tests/fixtures/chelsea16.png"),
+        "pre_chelsea16",
+    );
+    assert_within_issue_tolerance(
+        &common::repo_path("tests/fixtures/chelsea16_rgb.png"),
+        "pre_chelsea16_rgb",
+    );
 }
 
 #[test]
@@ -75,8 +108,15 @@ fn normalisation_is_imagenet_mean_std_in_chw_order() {
     }
     // The backbone input fixture is exactly this tensor (made by torch from the reference).
     let input = common::read_npy(&common::repo_path("tests/fixtures/effnet_input.npy"));
-    let worst = normed.iter().zip(&input.data).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
-    assert!(worst < 2.0 / 255.0 / 0.224, "normalised tensor off by {worst}");
+    let worst = normed
+        .iter()
+        .zip(&input.data)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 2.0 / 255.0 / 0.224,
+        "normalised tensor off by {worst}"
+    );
 }
 
 #[test]
@@ -86,12 +126,24 @@ fn raw_rgb8_frames_and_bad_input_get_clear_errors() {
     let mut pre = Preprocessor::new(PreprocessConfig::imagenet(224, 224));
     let mut out = vec![0.0f32; 3 * 224 * 224];
     pre.resize_chw(&img, &mut out).expect("resize");
-    assert!(out.iter().all(|v| (v - 128.0 / 255.0).abs() < 1e-6), "a flat frame stays flat");
+    assert!(
+        out.iter().all(|v| (v - 128.0 / 255.0).abs() < 1e-6),
+        "a flat frame stays flat"
+    );
 
-    assert!(matches!(from_rgb8(&frame[1..], 64, 48), Err(PreprocessError::BadFrame { .. })));
-    assert!(matches!(decode_bytes(b"not an image", "x"), Err(PreprocessError::Decode { .. })));
+    assert!(matches!(
+        from_rgb8(&frame[1..], 64, 48),
+        Err(PreprocessError::BadFrame { .. })
+    ));
+    assert!(matches!(
+        decode_bytes(b"not an image", "x"),
+        Err(PreprocessError::Decode { .. })
+    ));
     let png = std::fs::read(common::repo_path("tests/fixtures/chelsea.png")).expect("png");
-    assert!(matches!(decode_bytes(&png[..png.len() / 2], "half.png"), Err(PreprocessError::Decode { .. })));
+    assert!(matches!(
+        decode_bytes(&png[..png.len() / 2], "half.png"),
+        Err(PreprocessError::Decode { .. })
+    ));
     let err = decode_file(Path::new("/nonexistent.png")).expect_err("missing");
     assert!(err.to_string().contains("/nonexistent.png"));
 }

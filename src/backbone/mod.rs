@@ -18,13 +18,22 @@ pub use self::tract::TractBackbone;
 #[derive(Debug, Error)]
 pub enum BackboneError {
     #[error("cannot read backbone {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("backbone {path} is not a usable ONNX model: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error("backbone {path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
     #[error("input tensor has {got} values, the backbone expects {expected} ({batch}×3×{height}×{width})")]
-    InputSize { got: usize, expected: usize, batch: usize, height: usize, width: usize },
+    InputSize {
+        got: usize,
+        expected: usize,
+        batch: usize,
+        height: usize,
+        width: usize,
+    },
     #[error("inference failed: {0}")]
     Run(String),
 }
@@ -50,7 +59,12 @@ pub trait Backbone: Send {
 
     /// Run on `images` preprocessed images laid out NCHW in `input`
     /// (`images × 3 × H × W`, `images ≤ batch`), writing `images × feature_dim` to `out`.
-    fn extract(&mut self, input: &[f32], images: usize, out: &mut [f32]) -> Result<(), BackboneError>;
+    fn extract(
+        &mut self,
+        input: &[f32],
+        images: usize,
+        out: &mut [f32],
+    ) -> Result<(), BackboneError>;
 
     /// One image → a fresh feature vector.
     fn extract_one(&mut self, input: &[f32]) -> Result<Vec<f32>, BackboneError> {
@@ -68,6 +82,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Hex SHA-256 of a file.
 pub fn file_sha256(path: &Path) -> Result<String, BackboneError> {
-    let bytes = std::fs::read(path).map_err(|source| BackboneError::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| BackboneError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(sha256_hex(&bytes))
 }

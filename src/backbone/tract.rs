@@ -40,11 +40,24 @@ pub struct TractBackbone {
 impl TractBackbone {
     /// Load an ONNX backbone for batches of `batch` images. The input size comes from the
     /// model when its spatial dims are fixed, else from `size` (width, height).
-    pub fn load(path: &Path, batch: usize, size: Option<(u32, u32)>) -> Result<TractBackbone, BackboneError> {
-        let bytes = std::fs::read(path).map_err(|source| BackboneError::Read { path: path.to_path_buf(), source })?;
+    pub fn load(
+        path: &Path,
+        batch: usize,
+        size: Option<(u32, u32)>,
+    ) -> Result<TractBackbone, BackboneError> {
+        let bytes = std::fs::read(path).map_err(|source| BackboneError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let sha256 = sha256_hex(&bytes);
-        let load_err = |e: TractError| BackboneError::Load { path: path.to_path_buf(), reason: format!("{e:#}") };
-        let unsupported = |reason: String| BackboneError::Unsupported { path: path.to_path_buf(), reason };
+        let load_err = |e: TractError| BackboneError::Load {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let unsupported = |reason: String| BackboneError::Unsupported {
+            path: path.to_path_buf(),
+            reason,
+        };
         if batch == 0 {
             return Err(unsupported("batch must be at least 1".into()));
         }
@@ -54,19 +67,28 @@ impl TractBackbone {
         let mut model = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
             .with_ignore_value_info(true)
-            .model_for_read(&mut std::io::Cursor::new(&bytes)).map_err(load_err)?;
+            .model_for_read(&mut std::io::Cursor::new(&bytes))
+            .map_err(load_err)?;
         if model.inputs.len() != 1 {
-            return Err(unsupported(format!("expected exactly one input, found {}", model.inputs.len())));
+            return Err(unsupported(format!(
+                "expected exactly one input, found {}",
+                model.inputs.len()
+            )));
         }
         let fact = model.input_fact(0).map_err(load_err)?.clone();
         let (mut width, mut height) = (None, None);
         if let Some(shape) = fact.shape.concretize() {
             if shape.len() != 4 {
-                return Err(unsupported(format!("input must be NCHW (rank 4), found rank {}", shape.len())));
+                return Err(unsupported(format!(
+                    "input must be NCHW (rank 4), found rank {}",
+                    shape.len()
+                )));
             }
             if let Ok(c) = shape[1].to_usize() {
                 if c != 3 {
-                    return Err(unsupported(format!("input must have 3 channels, found {c}")));
+                    return Err(unsupported(format!(
+                        "input must have 3 channels, found {c}"
+                    )));
                 }
             }
             height = shape[2].to_usize().ok().map(|v| v as u32);
@@ -74,11 +96,17 @@ impl TractBackbone {
         }
         let (w, h) = match (width, height, size) {
             (Some(w), Some(h), Some((sw, sh))) if (w, h) != (sw, sh) => {
-                return Err(unsupported(format!("model input is {w}×{h}, configuration asks for {sw}×{sh}")))
+                return Err(unsupported(format!(
+                    "model input is {w}×{h}, configuration asks for {sw}×{sh}"
+                )))
             }
             (Some(w), Some(h), _) => (w, h),
             (_, _, Some(s)) => s,
-            _ => return Err(unsupported("input size is symbolic: give the input size explicitly".into())),
+            _ => {
+                return Err(unsupported(
+                    "input size is symbolic: give the input size explicitly".into(),
+                ))
+            }
         };
         model
             .set_input_fact(0, f32::fact([batch, 3, h as usize, w as usize]).into())
@@ -94,7 +122,10 @@ impl TractBackbone {
         for (i, outlet) in typed.output_outlets().map_err(load_err)?.iter().enumerate() {
             let of = typed.outlet_fact(*outlet).map_err(load_err)?;
             if of.datum_type != f32::datum_type() {
-                return Err(unsupported(format!("output {i} is {:?}, expected f32", of.datum_type)));
+                return Err(unsupported(format!(
+                    "output {i} is {:?}, expected f32",
+                    of.datum_type
+                )));
             }
             let dims: Vec<usize> = of
                 .shape
@@ -103,15 +134,28 @@ impl TractBackbone {
                 .collect::<Result<Vec<usize>, _>>()
                 .map_err(|e| unsupported(format!("output {i} has a symbolic shape: {e:?}")))?;
             if dims.first() != Some(&batch) {
-                return Err(unsupported(format!("output {i} shape {dims:?} does not lead with the batch {batch}")));
+                return Err(unsupported(format!(
+                    "output {i} shape {dims:?} does not lead with the batch {batch}"
+                )));
             }
             pools.push(match dims.len() {
                 2 => Pool::Flat { channels: dims[1] },
-                4 => Pool::Mean { channels: dims[1], spatial: dims[2] * dims[3] },
-                _ => return Err(unsupported(format!("output {i} has shape {dims:?}; expected [B, C] or [B, C, H, W]"))),
+                4 => Pool::Mean {
+                    channels: dims[1],
+                    spatial: dims[2] * dims[3],
+                },
+                _ => {
+                    return Err(unsupported(format!(
+                        "output {i} has shape {dims:?}; expected [B, C] or [B, C, H, W]"
+                    )))
+                }
             });
         }
-        let plan = typed.into_optimized().map_err(load_err)?.into_runnable().map_err(load_err)?;
+        let plan = typed
+            .into_optimized()
+            .map_err(load_err)?
+            .into_runnable()
+            .map_err(load_err)?;
         let state = plan.spawn().map_err(load_err)?;
         let feature_dim = pools.iter().map(|p| p.channels()).sum();
         let info = BackboneInfo {
@@ -123,7 +167,12 @@ impl TractBackbone {
             batch,
             outputs,
         };
-        Ok(TractBackbone { info, plan, state, pools })
+        Ok(TractBackbone {
+            info,
+            plan,
+            state,
+            pools,
+        })
     }
 
     /// The optimised tract graph (for profiling and op listings).
@@ -137,21 +186,46 @@ impl Backbone for TractBackbone {
         &self.info
     }
 
-    fn extract(&mut self, input: &[f32], images: usize, out: &mut [f32]) -> Result<(), BackboneError> {
-        let (b, h, w) = (self.info.batch, self.info.input_height as usize, self.info.input_width as usize);
+    fn extract(
+        &mut self,
+        input: &[f32],
+        images: usize,
+        out: &mut [f32],
+    ) -> Result<(), BackboneError> {
+        let (b, h, w) = (
+            self.info.batch,
+            self.info.input_height as usize,
+            self.info.input_width as usize,
+        );
         let per = 3 * h * w;
-        if images == 0 || images > b || input.len() != images * per || out.len() != images * self.info.feature_dim {
-            return Err(BackboneError::InputSize { got: input.len(), expected: b * per, batch: b, height: h, width: w });
+        if images == 0
+            || images > b
+            || input.len() != images * per
+            || out.len() != images * self.info.feature_dim
+        {
+            return Err(BackboneError::InputSize {
+                got: input.len(),
+                expected: b * per,
+                batch: b,
+                height: h,
+                width: w,
+            });
         }
         // A partial batch is zero-padded (rows are independent in eval mode).
         let mut data = vec![0.0f32; b * per];
         data[..input.len()].copy_from_slice(input);
-        let tensor = Tensor::from_shape(&[b, 3, h, w], &data).map_err(|e| BackboneError::Run(format!("{e:#}")))?;
-        let result = self.state.run(tvec!(tensor.into())).map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+        let tensor = Tensor::from_shape(&[b, 3, h, w], &data)
+            .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+        let result = self
+            .state
+            .run(tvec!(tensor.into()))
+            .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
         let fd = self.info.feature_dim;
         let mut offset = 0;
         for (value, pool) in result.iter().zip(&self.pools) {
-            let arr = value.to_plain_array_view::<f32>().map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+            let arr = value
+                .to_plain_array_view::<f32>()
+                .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
             let view: Cow<'_, [f32]> = match arr.as_slice() {
                 Some(s) => Cow::Borrowed(s),
                 None => Cow::Owned(arr.iter().copied().collect()),
@@ -159,14 +233,18 @@ impl Backbone for TractBackbone {
             match *pool {
                 Pool::Flat { channels } => {
                     for i in 0..images {
-                        out[i * fd + offset..i * fd + offset + channels].copy_from_slice(&view[i * channels..(i + 1) * channels]);
+                        out[i * fd + offset..i * fd + offset + channels]
+                            .copy_from_slice(&view[i * channels..(i + 1) * channels]);
                     }
                 }
                 Pool::Mean { channels, spatial } => {
                     for i in 0..images {
                         for c in 0..channels {
                             let base = (i * channels + c) * spatial;
-                            let s: f64 = view[base..base + spatial].iter().map(|&v| f64::from(v)).sum();
+                            let s: f64 = view[base..base + spatial]
+                                .iter()
+                                .map(|&v| f64::from(v))
+                                .sum();
                             out[i * fd + offset + c] = (s / spatial as f64) as f32;
                         }
                     }

@@ -58,7 +58,7 @@ impl Default for FitConfig {
             n_components: 16,
             scaling: Scaling::Scale,
             max_training_points: 40_000,
-            seed: 0x5EED_D0F_CAFE,
+            seed: 0x05EE_DD0F_CAFE,
         }
     }
 }
@@ -138,7 +138,12 @@ pub fn subsample_indices(n: usize, max: usize, seed: u64) -> Result<Vec<usize>, 
 impl Dfkde {
     /// Fit on a row-major `n_rows × dim` f32 feature matrix, anomalib's way
     /// (subsample if N > M, then PCA, scaling and KDE on the rows kept).
-    pub fn fit(data: &[f32], n_rows: usize, dim: usize, cfg: &FitConfig) -> Result<Dfkde, ModelError> {
+    pub fn fit(
+        data: &[f32],
+        n_rows: usize,
+        dim: usize,
+        cfg: &FitConfig,
+    ) -> Result<Dfkde, ModelError> {
         check_matrix(data, n_rows, dim)?;
         let rows = subsample_indices(n_rows, cfg.max_training_points, cfg.seed)?;
         let mut model = Self::fit_rows(data, dim, &rows, cfg)?;
@@ -153,24 +158,55 @@ impl Dfkde {
 
     /// Fit on exactly the rows `rows` (in that order) — e.g. anomalib's recorded
     /// `randperm` indices. `cfg.max_training_points` is not applied again.
-    pub fn fit_rows(data: &[f32], dim: usize, rows: &[usize], cfg: &FitConfig) -> Result<Dfkde, ModelError> {
-        let n_total = if dim == 0 { 0 } else { data.len() / dim };
+    pub fn fit_rows(
+        data: &[f32],
+        dim: usize,
+        rows: &[usize],
+        cfg: &FitConfig,
+    ) -> Result<Dfkde, ModelError> {
+        let n_total = data.len().checked_div(dim).unwrap_or(0);
         check_matrix(data, n_total, dim)?;
         if let Some(&bad) = rows.iter().find(|&&r| r >= n_total) {
-            return Err(ModelError::InvalidParameter(format!("row index {bad} out of range (N = {n_total})")));
+            return Err(ModelError::InvalidParameter(format!(
+                "row index {bad} out of range (N = {n_total})"
+            )));
         }
         let n = rows.len();
         let k = cfg.n_components;
         let k_max = dim.min(n.saturating_sub(1));
-        if k == 0 || k > k_max {
-            return Err(ModelError::InvalidComponents { got: k.to_string(), max: k_max, dim, rows: n });
+        if k == 0 || k > dim {
+            return Err(ModelError::InvalidComponents {
+                got: k.to_string(),
+                max: k_max,
+                dim,
+                rows: n,
+            });
         }
         if n < 2 * k {
-            return Err(ModelError::TooFewSamples { got: n, required: 2 * k });
+            return Err(ModelError::TooFewSamples {
+                got: n,
+                required: 2 * k,
+            });
+        }
+        if k > k_max {
+            return Err(ModelError::InvalidComponents {
+                got: k.to_string(),
+                max: k_max,
+                dim,
+                rows: n,
+            });
         }
         for &r in rows {
-            if let Some((c, &v)) = data[r * dim..(r + 1) * dim].iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(ModelError::NonFinite { row: r, col: c, value: v });
+            if let Some((c, &v)) = data[r * dim..(r + 1) * dim]
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+            {
+                return Err(ModelError::NonFinite {
+                    row: r,
+                    col: c,
+                    value: v,
+                });
             }
         }
 
@@ -180,15 +216,17 @@ impl Dfkde {
             .chunks_exact(k)
             .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt())
             .fold(0.0f64, f64::max);
-        if !(max_length > 0.0) {
-            return Err(ModelError::SingularCovariance("all PCA scores are zero".into()));
+        if max_length.is_nan() || max_length <= 0.0 {
+            return Err(ModelError::SingularCovariance(
+                "all PCA scores are zero".into(),
+            ));
         }
         match cfg.scaling {
             Scaling::Scale => y.iter_mut().for_each(|v| *v /= max_length),
             Scaling::Norm => {
                 for (i, row) in y.chunks_exact_mut(k).enumerate() {
                     let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
-                    if !(norm > 0.0) {
+                    if norm.is_nan() || norm <= 0.0 {
                         return Err(ModelError::ZeroLengthRow { row: rows[i] });
                     }
                     row.iter_mut().for_each(|v| *v /= norm);
@@ -201,7 +239,12 @@ impl Dfkde {
             scaling: cfg.scaling,
             max_length,
             kde,
-            info: FitInfo { n_input: n, n_fit: n, seed: cfg.seed, subsampled: false },
+            info: FitInfo {
+                n_input: n,
+                n_fit: n,
+                seed: cfg.seed,
+                subsampled: false,
+            },
         })
     }
 
@@ -214,23 +257,34 @@ impl Dfkde {
     }
 
     pub fn workspace(&self) -> Workspace {
-        Workspace { y: vec![0.0; self.pca.k], u: vec![0.0; self.pca.k], dist: vec![0.0; self.kde.n] }
+        Workspace {
+            y: vec![0.0; self.pca.k],
+            u: vec![0.0; self.pca.k],
+            dist: vec![0.0; self.kde.n],
+        }
     }
 
     /// PCA projection + scaling of one query into `out` (length k): the KDE's input space.
     pub fn embed_into(&self, q: &[f32], out: &mut [f64]) -> Result<(), ModelError> {
         if q.len() != self.pca.dim {
-            return Err(ModelError::DimensionMismatch { expected: self.pca.dim, got: q.len() });
+            return Err(ModelError::DimensionMismatch {
+                expected: self.pca.dim,
+                got: q.len(),
+            });
         }
         if let Some((c, &v)) = q.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(ModelError::NonFinite { row: 0, col: c, value: v });
+            return Err(ModelError::NonFinite {
+                row: 0,
+                col: c,
+                value: v,
+            });
         }
         self.pca.project_into(q, out);
         match self.scaling {
             Scaling::Scale => out.iter_mut().for_each(|v| *v /= self.max_length),
             Scaling::Norm => {
                 let norm = out.iter().map(|v| v * v).sum::<f64>().sqrt();
-                if !(norm > 0.0) {
+                if norm.is_nan() || norm <= 0.0 {
                     return Err(ModelError::ZeroLengthQuery);
                 }
                 out.iter_mut().for_each(|v| *v /= norm);
@@ -248,19 +302,29 @@ impl Dfkde {
         self.embed_into(q, &mut ws.y)?;
         self.kde.transform_into(&ws.y, &mut ws.u);
         let eval = self.kde.log_density_transformed(&ws.u, &mut ws.dist);
-        Ok(Score { log_density: eval.log_density, pred_score: pred_score(eval.log_density), eval })
+        Ok(Score {
+            log_density: eval.log_density,
+            pred_score: pred_score(eval.log_density),
+            eval,
+        })
     }
 
     /// Score every row of a row-major matrix.
     pub fn score_rows(&self, data: &[f32], dim: usize) -> Result<Vec<Score>, ModelError> {
         let mut ws = self.workspace();
-        data.chunks_exact(dim.max(1)).map(|q| self.score(q, &mut ws)).collect()
+        data.chunks_exact(dim.max(1))
+            .map(|q| self.score(q, &mut ws))
+            .collect()
     }
 }
 
 fn check_matrix(data: &[f32], rows: usize, cols: usize) -> Result<(), ModelError> {
     if cols == 0 || data.len() != rows * cols {
-        return Err(ModelError::BadShape { rows, cols, len: data.len() });
+        return Err(ModelError::BadShape {
+            rows,
+            cols,
+            len: data.len(),
+        });
     }
     Ok(())
 }

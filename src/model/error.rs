@@ -18,7 +18,11 @@ pub enum ModelError {
     #[error("max_training_points must be at least 1 (0 does not mean 'disabled')")]
     ZeroMaxTrainingPoints,
     #[error("feature matrix is {rows}×{cols} but its buffer holds {len} values")]
-    BadShape { rows: usize, cols: usize, len: usize },
+    BadShape {
+        rows: usize,
+        cols: usize,
+        len: usize,
+    },
     #[error("non-finite feature value {value} at row {row}, column {col}")]
     NonFinite { row: usize, col: usize, value: f32 },
     #[error("feature vector has {got} values, the model expects {expected}")]

@@ -60,7 +60,10 @@ impl GaussianKde {
     /// Fit on `y` (n×d row-major).
     pub fn fit(y: &[f64], n: usize, d: usize) -> Result<GaussianKde, ModelError> {
         if n < 2 || d == 0 {
-            return Err(ModelError::TooFewSamples { got: n, required: 2 });
+            return Err(ModelError::TooFewSamples {
+                got: n,
+                required: 2,
+            });
         }
         let h = scott_factor(n, d);
         let mut center = vec![0.0; d];
@@ -108,7 +111,9 @@ impl GaussianKde {
         let log_norm = (0..d).map(|j| l[j * d + j].ln()).sum::<f64>()
             - 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
         if !log_norm.is_finite() || dataset.iter().any(|v| !v.is_finite()) {
-            return Err(ModelError::SingularCovariance("non-finite bandwidth".into()));
+            return Err(ModelError::SingularCovariance(
+                "non-finite bandwidth".into(),
+            ));
         }
         Ok(GaussianKde {
             dim: d,
@@ -129,7 +134,11 @@ impl GaussianKde {
         log_norm: f64,
         center: Vec<f64>,
     ) -> Result<GaussianKde, ModelError> {
-        if dim == 0 || bw_transform.len() != dim * dim || dataset.len() % dim != 0 || center.len() != dim {
+        if dim == 0
+            || bw_transform.len() != dim * dim
+            || !dataset.len().is_multiple_of(dim)
+            || center.len() != dim
+        {
             return Err(ModelError::InvalidParameter(format!(
                 "KDE parts have inconsistent shapes (d = {dim}, L {} values, Z {} values, m {} values)",
                 bw_transform.len(),
@@ -139,14 +148,22 @@ impl GaussianKde {
         }
         let n = dataset.len() / dim;
         if n < 2 {
-            return Err(ModelError::TooFewSamples { got: n, required: 2 });
+            return Err(ModelError::TooFewSamples {
+                got: n,
+                required: 2,
+            });
         }
-        let finite = bw_transform.iter().chain(&dataset).chain(&center).all(|v| v.is_finite());
+        let finite = bw_transform
+            .iter()
+            .chain(&dataset)
+            .chain(&center)
+            .all(|v| v.is_finite());
         let lower = (0..dim).all(|i| ((i + 1)..dim).all(|j| bw_transform[i * dim + j] == 0.0));
         let pos_diag = (0..dim).all(|i| bw_transform[i * dim + i] > 0.0);
         if !finite || !lower || !pos_diag || !log_norm.is_finite() {
             return Err(ModelError::InvalidParameter(
-                "KDE bandwidth factor must be finite, lower triangular with a positive diagonal".into(),
+                "KDE bandwidth factor must be finite, lower triangular with a positive diagonal"
+                    .into(),
             ));
         }
         Ok(GaussianKde {
@@ -207,6 +224,9 @@ impl GaussianKde {
             }
         }
         let log_density = self.log_norm - (self.n as f64).ln() - 0.5 * min + acc.ln();
-        KdeEval { log_density, min_half_sq_dist: 0.5 * min }
+        KdeEval {
+            log_density,
+            min_half_sq_dist: 0.5 * min,
+        }
     }
 }

@@ -10,7 +10,7 @@
 pub fn cholesky_lower(a: &[f64], n: usize, rel_tol: f64) -> Option<Vec<f64>> {
     debug_assert_eq!(a.len(), n * n);
     let max_diag = (0..n).map(|i| a[i * n + i]).fold(0.0_f64, f64::max);
-    if !(max_diag > 0.0) || !max_diag.is_finite() {
+    if max_diag.is_nan() || max_diag <= 0.0 || !max_diag.is_finite() {
         return None;
     }
     let floor = rel_tol * max_diag;
@@ -20,7 +20,7 @@ pub fn cholesky_lower(a: &[f64], n: usize, rel_tol: f64) -> Option<Vec<f64>> {
         for p in 0..j {
             d -= l[j * n + p] * l[j * n + p];
         }
-        if !(d > floor) || !d.is_finite() {
+        if d.is_nan() || d <= floor || !d.is_finite() {
             return None;
         }
         let ljj = d.sqrt();

@@ -81,10 +81,30 @@ pub fn binary_stats(predicted: &[bool], labels: &[bool]) -> BinaryStats {
             (false, true) => fn_ += 1,
         }
     }
-    let precision = if tp + fp == 0 { 0.0 } else { tp as f64 / (tp + fp) as f64 };
-    let recall = if tp + fn_ == 0 { 0.0 } else { tp as f64 / (tp + fn_) as f64 };
-    let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-    BinaryStats { tp, fp, tn, r#fn: fn_, precision, recall, f1 }
+    let precision = if tp + fp == 0 {
+        0.0
+    } else {
+        tp as f64 / (tp + fp) as f64
+    };
+    let recall = if tp + fn_ == 0 {
+        0.0
+    } else {
+        tp as f64 / (tp + fn_) as f64
+    };
+    let f1 = if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    };
+    BinaryStats {
+        tp,
+        fp,
+        tn,
+        r#fn: fn_,
+        precision,
+        recall,
+        f1,
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ pub mod metrics;
 pub mod pca;
 pub mod threshold;
 
-pub use dfkde::{pred_score, subsample_indices, Dfkde, FitConfig, FitInfo, Scaling, Score, Workspace};
+pub use dfkde::{
+    pred_score, subsample_indices, Dfkde, FitConfig, FitInfo, Scaling, Score, Workspace,
+};
 pub use error::ModelError;
 pub use kde::{GaussianKde, KdeEval};
 pub use pca::Pca;

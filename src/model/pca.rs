@@ -49,12 +49,19 @@ impl Pca {
                 }
             }
             let bv = block.as_ref().subrows(0, b);
-            faer::linalg::matmul::matmul(scatter.as_mut(), Accum::Add, bv.transpose(), bv, 1.0, par);
+            faer::linalg::matmul::matmul(
+                scatter.as_mut(),
+                Accum::Add,
+                bv.transpose(),
+                bv,
+                1.0,
+                par,
+            );
         }
 
-        let evd = scatter
-            .self_adjoint_eigen(Side::Lower)
-            .map_err(|e| ModelError::SingularCovariance(format!("eigen-decomposition failed: {e:?}")))?;
+        let evd = scatter.self_adjoint_eigen(Side::Lower).map_err(|e| {
+            ModelError::SingularCovariance(format!("eigen-decomposition failed: {e:?}"))
+        })?;
         let u = evd.U();
         let s = evd.S().column_vector();
         let top = s[dim - 1].max(0.0);
@@ -65,7 +72,7 @@ impl Pca {
             let lambda = s[src];
             // A component with (numerically) zero variance means the data span fewer than
             // k dimensions: the KDE covariance would be singular.
-            if !(lambda > top * 1e-12 * dim as f64) || top <= 0.0 {
+            if lambda.is_nan() || lambda <= top * 1e-12 * dim as f64 || top <= 0.0 {
                 return Err(ModelError::SingularCovariance(format!(
                     "training features span only {c} of the {k} requested PCA dimensions (eigenvalue {lambda:.3e}, largest {top:.3e})"
                 )));
@@ -83,7 +90,13 @@ impl Pca {
                 components[i * k + c] = sign * col[i];
             }
         }
-        Ok(Pca { mean, components, explained, dim, k })
+        Ok(Pca {
+            mean,
+            components,
+            explained,
+            dim,
+            k,
+        })
     }
 
     /// Project one row into `out` (length k). No allocation.
@@ -113,12 +126,23 @@ impl Pca {
         for (ci, chunk) in rows.chunks(BLOCK_ROWS).enumerate() {
             let b = chunk.len();
             for (bi, &r) in chunk.iter().enumerate() {
-                for (j, (&x, m)) in data[r * dim..(r + 1) * dim].iter().zip(&self.mean).enumerate() {
+                for (j, (&x, m)) in data[r * dim..(r + 1) * dim]
+                    .iter()
+                    .zip(&self.mean)
+                    .enumerate()
+                {
                     block[(bi, j)] = f64::from(x) - m;
                 }
             }
             let mut dst = res.as_mut().subrows_mut(0, b);
-            faer::linalg::matmul::matmul(dst.as_mut(), Accum::Replace, block.as_ref().subrows(0, b), v, 1.0, par);
+            faer::linalg::matmul::matmul(
+                dst.as_mut(),
+                Accum::Replace,
+                block.as_ref().subrows(0, b),
+                v,
+                1.0,
+                par,
+            );
             for bi in 0..b {
                 let o = &mut out[(ci * BLOCK_ROWS + bi) * k..(ci * BLOCK_ROWS + bi + 1) * k];
                 for (j, oj) in o.iter_mut().enumerate() {

@@ -7,13 +7,19 @@ use super::error::ModelError;
 /// Hyndman–Fan type 7). `values` need not be sorted; NaNs are rejected.
 pub fn quantile(values: &[f64], q: f64) -> Result<f64, ModelError> {
     if values.is_empty() {
-        return Err(ModelError::InvalidParameter("quantile of an empty set".into()));
+        return Err(ModelError::InvalidParameter(
+            "quantile of an empty set".into(),
+        ));
     }
     if !(0.0..=1.0).contains(&q) {
-        return Err(ModelError::InvalidParameter(format!("quantile {q} outside [0, 1]")));
+        return Err(ModelError::InvalidParameter(format!(
+            "quantile {q} outside [0, 1]"
+        )));
     }
     if values.iter().any(|v| v.is_nan()) {
-        return Err(ModelError::InvalidParameter("quantile of a set containing NaN".into()));
+        return Err(ModelError::InvalidParameter(
+            "quantile of a set containing NaN".into(),
+        ));
     }
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -21,7 +27,11 @@ pub fn quantile(values: &[f64], q: f64) -> Result<f64, ModelError> {
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
     let frac = pos - lo as f64;
-    Ok(if lo == hi { v[lo] } else { v[lo] + (v[hi] - v[lo]) * frac })
+    Ok(if lo == hi {
+        v[lo]
+    } else {
+        v[lo] + (v[hi] - v[lo]) * frac
+    })
 }
 
 /// vigil's threshold rule: the anomaly score is `a = −log_density`; the threshold is the
@@ -57,10 +67,18 @@ impl PostProcessor {
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let n_pos = labels.iter().filter(|&&l| l).count();
         if n_pos == 0 {
-            return Ok(PostProcessor { threshold: max, min, max });
+            return Ok(PostProcessor {
+                threshold: max,
+                min,
+                max,
+            });
         }
         if n_pos == labels.len() {
-            return Ok(PostProcessor { threshold: min, min, max });
+            return Ok(PostProcessor {
+                threshold: min,
+                min,
+                max,
+            });
         }
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a])); // descending
@@ -90,12 +108,20 @@ impl PostProcessor {
                 best_t = t;
             }
         }
-        Ok(PostProcessor { threshold: best_t, min, max })
+        Ok(PostProcessor {
+            threshold: best_t,
+            min,
+            max,
+        })
     }
 
     /// `clamp((score − t)/(max − min) + 0.5, 0, 1)`, with 2.7.0's `max == min` rule.
     pub fn normalize(&self, score: f64) -> f64 {
-        let t = if self.threshold.is_nan() { (self.max + self.min) / 2.0 } else { self.threshold };
+        let t = if self.threshold.is_nan() {
+            (self.max + self.min) / 2.0
+        } else {
+            self.threshold
+        };
         if self.max == self.min {
             return if score > t {
                 1.0

@@ -18,7 +18,9 @@ pub fn shared_dir() -> PathBuf {
 }
 
 pub fn golden(name: &str) -> PathBuf {
-    shared_dir().join("fixtures/dfkde_golden").join(format!("{name}.npy"))
+    shared_dir()
+        .join("fixtures/dfkde_golden")
+        .join(format!("{name}.npy"))
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {
@@ -52,19 +54,51 @@ pub fn read_npy(path: &Path) -> Npy {
     let (hlen, hstart) = if bytes[6] == 1 {
         (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
     } else {
-        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
     };
     let header = std::str::from_utf8(&bytes[hstart..hstart + hlen]).expect("utf8 header");
-    assert!(header.contains("'fortran_order': False"), "fortran order unsupported");
-    let descr = header.split("'descr':").nth(1).and_then(|s| s.split('\'').nth(1)).expect("descr");
-    let shape_txt = header.split("'shape':").nth(1).and_then(|s| s.split('(').nth(1)).and_then(|s| s.split(')').next()).expect("shape");
-    let shape: Vec<usize> = shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().expect("dim")).collect();
+    assert!(
+        header.contains("'fortran_order': False"),
+        "fortran order unsupported"
+    );
+    let descr = header
+        .split("'descr':")
+        .nth(1)
+        .and_then(|s| s.split('\'').nth(1))
+        .expect("descr");
+    let shape_txt = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split('(').nth(1))
+        .and_then(|s| s.split(')').next())
+        .expect("shape");
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("dim"))
+        .collect();
     let count: usize = shape.iter().product();
     let body = &bytes[hstart + hlen..];
     let data: Vec<f64> = match descr {
-        "<f4" => body.chunks_exact(4).take(count).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        "<f8" => body.chunks_exact(8).take(count).map(|c| f64::from_le_bytes(c.try_into().expect("8"))).collect(),
-        "<i8" => body.chunks_exact(8).take(count).map(|c| i64::from_le_bytes(c.try_into().expect("8")) as f64).collect(),
+        "<f4" => body
+            .chunks_exact(4)
+            .take(count)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        "<f8" => body
+            .chunks_exact(8)
+            .take(count)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+            .collect(),
+        "<i8" => body
+            .chunks_exact(8)
+            .take(count)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8")) as f64)
+            .collect(),
         "|i1" => body.iter().take(count).map(|&b| b as i8 as f64).collect(),
         "|u1" | "|b1" => body.iter().take(count).map(|&b| b as f64).collect(),
         other => panic!("unsupported dtype {other} in {}", path.display()),
@@ -79,5 +113,8 @@ pub fn load(name: &str) -> Npy {
 
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }

@@ -1,0 +1,48 @@
+//! Accuracy gate: with the defaults (EfficientNet-Lite0, scale, 16 components) `vigil eval`
+//! reproduces anomalib 2.7.0's KDEClassifier AUROC on the same features within ±0.01.
+//! Reference: onnxruntime features of the same head, torchvision antialiased resize to
+//! 224², ImageNet mean/std (reproduced independently by `scripts/reference_auroc.py`).
+
+mod common;
+
+use std::process::Command;
+
+fn eval(dataset: &str) -> serde_json::Value {
+    let data = common::shared_dir().join("data").join(dataset);
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["eval", "--data", data.to_str().expect("utf8"), "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run vigil");
+    assert!(
+        out.status.success(),
+        "eval {dataset}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    eprintln!("{dataset}: {rep}");
+    rep
+}
+
+fn check(dataset: &str, want: f64, n_train: u64, n_test: u64) {
+    let rep = eval(dataset);
+    let auroc = rep["auroc"].as_f64().expect("auroc");
+    assert!(
+        (auroc - want).abs() <= 0.01,
+        "{dataset}: AUROC {auroc:.4}, anomalib gives {want}"
+    );
+    assert_eq!(rep["n_train"], n_train);
+    assert_eq!(rep["n_test"], n_test);
+    let f1 = rep["f1"].as_f64().expect("f1");
+    assert!(f1 > 0.0 && f1 <= 1.0);
+}
+
+#[test]
+fn magnetic_tile_auroc_matches_anomalib() {
+    check("magnetic_tile", 0.783, 600, 494);
+}
+
+#[test]
+fn elpv_mono_auroc_matches_anomalib() {
+    check("elpv_mono", 0.812, 440, 634);
+}
