@@ -8,6 +8,8 @@ pub mod backbone;
 pub mod eval;
 pub mod features;
 pub mod fit;
+pub mod frame;
+pub mod messages;
 pub mod model;
 pub mod plots;
 pub mod preprocess;
