@@ -5,11 +5,18 @@
 
 pub mod artifact;
 pub mod backbone;
+pub mod bench;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod detector;
 pub mod eval;
 pub mod features;
 pub mod fit;
 pub mod frame;
+pub mod logging;
 pub mod messages;
 pub mod model;
+pub mod pipeline;
 pub mod plots;
 pub mod preprocess;

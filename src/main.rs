@@ -1,6 +1,5 @@
 //! The `vigil` command line.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,6 +45,72 @@ enum Command {
         /// The artifact.
         model: PathBuf,
     },
+    /// Run the daemon (the systemd service's main job).
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration (files, models, backbone hash, topics, broker URL) without
+    /// opening cameras or the network. Exit 78 when invalid.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+    },
+    /// The whole pipeline out of the box: embedded broker, synthetic camera, shipped
+    /// backbone, a model fitted on the first normal frames; events printed as published.
+    Demo(DemoArgs),
+    /// Full pipeline on a folder as fast as possible, for 1 and N workers: frames/s,
+    /// per-stage median/p99, capture→publish latency, peak RSS.
+    Bench {
+        /// Folder of images (looped).
+        #[arg(long)]
+        data: PathBuf,
+        /// Worker counts to measure, comma-separated.
+        #[arg(long, default_value = "1,2", value_delimiter = ',')]
+        workers: Vec<usize>,
+        /// Measured seconds per worker count (after 2 s of warm-up).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Points stored in the KDE.
+        #[arg(long, default_value_t = 40_000)]
+        kde_points: usize,
+        /// ONNX backbone [default: models/efficientnet_lite0_pooled.onnx].
+        #[arg(long)]
+        backbone: Option<PathBuf>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Use this MQTT broker instead of the embedded one (e.g. mqtt://127.0.0.1:1883).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Loopback port of the embedded broker.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Normal frames used to fit the demo model.
+    #[arg(long, default_value_t = 60)]
+    fit_frames: usize,
+    /// Every N-th synthetic frame starts an injected defect.
+    #[arg(long, default_value_t = 25)]
+    defect_every: u32,
+    /// Synthetic camera frame rate.
+    #[arg(long, default_value_t = 5.0)]
+    fps: f64,
+    /// Where the demo model and outbox go.
+    #[arg(long, default_value = "vigil-demo")]
+    state_dir: PathBuf,
+    /// ONNX backbone [default: models/efficientnet_lite0_pooled.onnx].
+    #[arg(long)]
+    backbone: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -363,20 +428,93 @@ fn cmd_info(model: &Path) -> Result<()> {
     Ok(())
 }
 
+fn daemon_exit(r: Result<(), vigil::daemon::DaemonError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "vigil stopped");
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    match cli.command {
+        Command::Run { config } => {
+            vigil::logging::init(&cli.log);
+            return daemon_exit(vigil::daemon::run(&config));
+        }
+        Command::CheckConfig { config } => {
+            vigil::logging::init("warn");
+            return daemon_exit(vigil::daemon::check_config(&config).map(|c| {
+                println!(
+                    "{}: ok ({} camera(s), node '{}', backbone sha256 {})",
+                    config.display(),
+                    c.config.cameras.len(),
+                    c.config.node,
+                    c.backbone_sha
+                );
+            }));
+        }
+        Command::Demo(a) => {
+            vigil::logging::init(&cli.log);
+            let opts = vigil::demo::DemoOptions {
+                broker: a.broker,
+                port: a.port,
+                duration: a.duration.map(std::time::Duration::from_secs_f64),
+                fit_frames: a.fit_frames,
+                defect_every: a.defect_every,
+                fps: a.fps,
+                backbone: resolve_backbone(&a.backbone),
+                state_dir: a.state_dir,
+            };
+            return daemon_exit(vigil::demo::demo(opts));
+        }
+        Command::Bench {
+            data,
+            workers,
+            seconds,
+            kde_points,
+            backbone,
+            json,
+        } => {
+            vigil::logging::init("warn");
+            let r = vigil::bench::bench(
+                &data,
+                &resolve_backbone(&backbone),
+                &workers,
+                seconds,
+                kde_points,
+            );
+            return daemon_exit(r.map(|rows| {
+                for r in rows {
+                    if json {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    } else {
+                        println!(
+                            "workers {}: {:.2} frames/s | decode {:.2}/{:.2} ms  preprocess {:.2}/{:.2}  backbone {:.2}/{:.2}  score {:.3}/{:.3}  publish {:.3}/{:.3}  (median/p99) | latency {:.1}/{:.1} ms | non-backbone {:.1} % | peak RSS {:.0} MB",
+                            r.workers, r.fps, r.decode.median_ms, r.decode.p99_ms, r.preprocess.median_ms, r.preprocess.p99_ms,
+                            r.backbone.median_ms, r.backbone.p99_ms, r.score.median_ms, r.score.p99_ms, r.publish.median_ms,
+                            r.publish.p99_ms, r.latency.median_ms, r.latency.p99_ms, 100.0 * r.non_backbone_fraction, r.peak_rss_mb
+                        );
+                    }
+                }
+            }));
+        }
+        _ => {}
+    }
+    vigil::logging::init(&cli.log);
     let result = match cli.command {
         Command::Fit(a) => cmd_fit(a),
         Command::Score(a) => cmd_score(a),
         Command::Eval(a) => cmd_eval(a),
         Command::Info { model } => cmd_info(&model),
+        Command::Run { .. }
+        | Command::CheckConfig { .. }
+        | Command::Demo(_)
+        | Command::Bench { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -144,6 +144,65 @@ fn from_dynamic(img: image::DynamicImage, name: &str) -> Result<RgbF32, Preproce
     })
 }
 
+/// Decode a frame for a backbone input of `cfg`'s size. A JPEG at least 4× larger than the
+/// input on both sides is decoded at a reduced DCT scale (1/2, 1/4 or 1/8) that keeps it at
+/// least 2× the input, so the antialiased resize still averages over real pixels; anything
+/// else is decoded in full like [`decode_bytes`].
+pub fn decode_for_input(
+    bytes: &[u8],
+    name: &str,
+    cfg: &PreprocessConfig,
+) -> Result<RgbF32, PreprocessError> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        if let Some(img) = decode_jpeg_reduced(bytes, cfg) {
+            return Ok(img);
+        }
+    }
+    decode_bytes(bytes, name)
+}
+
+fn decode_jpeg_reduced(bytes: &[u8], cfg: &PreprocessConfig) -> Option<RgbF32> {
+    let mut dec = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    dec.read_info().ok()?;
+    let info = dec.info()?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    if w < 4 * cfg.width || h < 4 * cfg.height {
+        return None;
+    }
+    // Largest DCT scale-down (8, 4, 2) that keeps both sides ≥ 2× the input.
+    let scale = [8u32, 4, 2]
+        .into_iter()
+        .find(|s| w / s >= 2 * cfg.width && h / s >= 2 * cfg.height)?;
+    let (sw, sh) = dec
+        .scale(w.div_ceil(scale) as u16, h.div_ceil(scale) as u16)
+        .ok()?;
+    let data = dec.decode().ok()?;
+    let (width, height) = (u32::from(sw), u32::from(sh));
+    let n = (width * height) as usize;
+    let pixels: Vec<F32x3> = match dec.info()?.pixel_format {
+        jpeg_decoder::PixelFormat::L8 if data.len() >= n => data[..n]
+            .iter()
+            .map(|&v| F32x3::new([f32::from(v) / 255.0; 3]))
+            .collect(),
+        jpeg_decoder::PixelFormat::RGB24 if data.len() >= 3 * n => data[..3 * n]
+            .chunks_exact(3)
+            .map(|c| {
+                F32x3::new([
+                    f32::from(c[0]) / 255.0,
+                    f32::from(c[1]) / 255.0,
+                    f32::from(c[2]) / 255.0,
+                ])
+            })
+            .collect(),
+        _ => return None,
+    };
+    Some(RgbF32 {
+        width,
+        height,
+        pixels,
+    })
+}
+
 /// Wrap a raw interleaved RGB8 frame (e.g. from a camera) as [0, 1] floats.
 pub fn from_rgb8(data: &[u8], width: u32, height: u32) -> Result<RgbF32, PreprocessError> {
     let need = 3 * width as usize * height as usize;

@@ -147,3 +147,48 @@ fn raw_rgb8_frames_and_bad_input_get_clear_errors() {
     let err = decode_file(Path::new("/nonexistent.png")).expect_err("missing");
     assert!(err.to_string().contains("/nonexistent.png"));
 }
+
+#[test]
+fn large_jpegs_decode_at_reduced_dct_scale_with_nearly_the_same_tensor() {
+    use vigil::preprocess::decode_for_input;
+    // A 1800×1200 JPEG made from the chelsea photo (≥ 4× the 224 input on both sides).
+    let img = image::open(common::repo_path("tests/fixtures/chelsea.png"))
+        .expect("png")
+        .to_rgb8();
+    let big = image::imageops::resize(&img, 1800, 1200, image::imageops::FilterType::Triangle);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 92)
+        .encode_image(&big)
+        .expect("encode");
+    let cfg = PreprocessConfig::imagenet(224, 224);
+    let reduced = decode_for_input(&jpeg, "big.jpg", &cfg).expect("reduced");
+    assert!(
+        reduced.width < 1800 && reduced.width >= 448 && reduced.height >= 448,
+        "{}×{}",
+        reduced.width,
+        reduced.height
+    );
+    let full = decode_bytes(&jpeg, "big.jpg").expect("full");
+    assert_eq!((full.width, full.height), (1800, 1200));
+    let mut pre = Preprocessor::new(cfg);
+    let (mut a, mut b) = (vec![0.0f32; 3 * 224 * 224], vec![0.0f32; 3 * 224 * 224]);
+    pre.resize_chw(&reduced, &mut a).expect("a");
+    pre.resize_chw(&full, &mut b).expect("b");
+    let d: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).collect();
+    let max = d.iter().copied().fold(0.0, f32::max);
+    let mean = d.iter().sum::<f32>() / d.len() as f32;
+    eprintln!(
+        "reduced-DCT vs full decode: {}×{}, max |Δ| {:.2}/255, mean {:.3}/255",
+        reduced.width,
+        reduced.height,
+        max * 255.0,
+        mean * 255.0
+    );
+    assert!(max < 8.0 / 255.0 && mean < 0.5 / 255.0);
+    // Small frames are decoded in full.
+    let small =
+        std::fs::read(common::shared_dir().join("data/magnetic_tile/test/good/exp1_num_10334.jpg"))
+            .expect("jpg");
+    let s = decode_for_input(&small, "small.jpg", &cfg).expect("small");
+    assert_eq!((s.width, s.height), (511, 321));
+}

@@ -1,0 +1,238 @@
+//! The daemon's configuration: one TOML file layered with `VIGIL__SECTION__KEY`
+//! environment overrides (e.g. `VIGIL__MQTT__URL=mqtt://broker:1883`), unknown keys
+//! rejected. `config/vigil.toml` documents every key with its default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::detector::DetectorConfig;
+use crate::publish::MqttConfig;
+use crate::source::SourceConfig;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("configuration {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Top level of `vigil.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node id used in MQTT topics (`<prefix>/<node>/...`). Default: the host name.
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Where models, their previous versions and the MQTT outbox live.
+    /// Default `/var/lib/vigil` (systemd `StateDirectory=vigil`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub inference: InferenceConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// One `[[camera]]` table per camera.
+    #[serde(rename = "camera", default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+/// `[inference]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// ONNX backbone. Default `/usr/share/vigil/models/efficientnet_lite0_pooled.onnx`
+    /// when it exists, else `models/efficientnet_lite0_pooled.onnx` (relative to the
+    /// working directory).
+    pub backbone: PathBuf,
+    /// Inference worker threads (tract is blocking: dedicated OS threads). Default 1.
+    pub workers: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        let system = PathBuf::from("/usr/share/vigil/models/efficientnet_lite0_pooled.onnx");
+        let backbone = if system.exists() {
+            system
+        } else {
+            PathBuf::from("models/efficientnet_lite0_pooled.onnx")
+        };
+        InferenceConfig {
+            backbone,
+            workers: 1,
+        }
+    }
+}
+
+/// `[health]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Seconds between retained `health` messages (and systemd `STATUS=` updates). Default 5.
+    pub interval_s: f64,
+    /// A camera with no frame for this long is `stalled` and its source is reopened. Default 10.
+    pub stall_timeout_s: f64,
+    /// The systemd watchdog is fed only while some camera had a frame scored within this
+    /// many seconds. Default 30.
+    pub watchdog_frame_age_s: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_s: 5.0,
+            stall_timeout_s: 10.0,
+            watchdog_frame_age_s: 30.0,
+        }
+    }
+}
+
+/// `[[camera]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Camera id (topic segment): letters, digits, `-`, `_`.
+    pub id: String,
+    /// The frame source (`[camera.source]`, `type = "folder" | "synthetic" | "video" |
+    /// "stream" | "v4l2"`).
+    pub source: SourceConfig,
+    /// Model artifact. Default `<state_dir>/models/<id>.safetensors`.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// Log-density threshold overriding the artifact's (anomalous iff below). Default: none.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Start with events enabled. Default true (also settable over MQTT `enabled/set`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub detector: DetectorConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_node() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "vigil".to_string())
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vigil")
+}
+
+/// A topic segment: non-empty, no MQTT wildcards or separators.
+pub fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl CameraConfig {
+    pub fn model_path(&self, state_dir: &Path) -> PathBuf {
+        self.model.clone().unwrap_or_else(|| {
+            state_dir
+                .join("models")
+                .join(format!("{}.safetensors", self.id))
+        })
+    }
+}
+
+impl Config {
+    /// Load `path` (TOML) with `VIGIL__…` environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |reason: String| ConfigError::Load {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.exists() {
+            return Err(err("file not found".into()));
+        }
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("VIGIL")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let cfg: Config = built.try_deserialize().map_err(|e| err(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parse a TOML string (no environment layer) — for tests and `demo`.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that need no file, camera or network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !valid_segment(&self.node) {
+            return bad(format!(
+                "node id '{}' must be letters, digits, '-' or '_'",
+                self.node
+            ));
+        }
+        if self.inference.workers == 0 || self.inference.workers > 64 {
+            return bad(format!(
+                "inference.workers must be in 1..=64, got {}",
+                self.inference.workers
+            ));
+        }
+        for (name, v) in [
+            ("health.interval_s", self.health.interval_s),
+            ("health.stall_timeout_s", self.health.stall_timeout_s),
+            (
+                "health.watchdog_frame_age_s",
+                self.health.watchdog_frame_age_s,
+            ),
+        ] {
+            if !v.is_finite() || v <= 0.0 {
+                return bad(format!(
+                    "{name} must be a positive number of seconds, got {v}"
+                ));
+            }
+        }
+        if self.cameras.is_empty() {
+            return bad("no [[camera]] configured".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.cameras {
+            if !valid_segment(&c.id) {
+                return bad(format!(
+                    "camera id '{}' must be letters, digits, '-' or '_'",
+                    c.id
+                ));
+            }
+            if !seen.insert(c.id.clone()) {
+                return bad(format!("camera id '{}' is used twice", c.id));
+            }
+            if let Some(t) = c.threshold {
+                if !t.is_finite() {
+                    return bad(format!("camera {}: threshold must be finite", c.id));
+                }
+            }
+            c.detector
+                .validate()
+                .map_err(|m| ConfigError::Invalid(format!("camera {}: {m}", c.id)))?;
+        }
+        self.mqtt
+            .validate(&self.node)
+            .map_err(|m| ConfigError::Invalid(format!("mqtt: {m}")))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,453 @@
+//! `vigil run` / `check-config`: wires config → sources → inference workers → detector →
+//! MQTT, with systemd notify/watchdog, SIGHUP reload and a clean SIGTERM shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::artifact::Artifact;
+use crate::backbone::{file_sha256, Backbone, TractBackbone};
+use crate::config::{CameraConfig, Config};
+use crate::detector::Detector;
+use crate::messages::{timestamp, Event, Health, KnobState, State, SCHEMA_HEALTH, SCHEMA_KNOB};
+use crate::pipeline::{lock, spawn_workers, CameraRuntime, LoadedModel, Pipeline, Sink, Worker};
+use crate::publish::{Command, Publisher};
+use crate::source::{Capture, CaptureHandle, CaptureOptions, FrameSlot};
+
+/// Exit status for configuration errors (sysexits EX_CONFIG); the unit file lists it in
+/// `RestartPreventExitStatus=` so systemd does not restart into the same mistake.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// Wrong or inconsistent configuration, missing/mismatched model or backbone.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else (I/O, broker client, threads).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl DaemonError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) => EXIT_CONFIG,
+            DaemonError::Runtime(_) => 1,
+        }
+    }
+}
+
+fn cfg_err(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Config(e.to_string())
+}
+
+/// Load one camera's model and check it against the backbone in use.
+pub fn load_camera_model(
+    cam: &CameraConfig,
+    state_dir: &Path,
+    backbone: &Path,
+    sha: &str,
+) -> Result<LoadedModel, DaemonError> {
+    let path = cam.model_path(state_dir);
+    let artifact = Artifact::load(&path).map_err(|e| cfg_err(format!("camera {}: {e}", cam.id)))?;
+    artifact
+        .check_backbone(&path, sha, backbone)
+        .map_err(|e| cfg_err(format!("camera {}: {e}", cam.id)))?;
+    Ok(LoadedModel { artifact, path })
+}
+
+/// Everything `check-config` verifies without opening a camera or the network.
+pub struct Checked {
+    pub config: Config,
+    pub models: Vec<LoadedModel>,
+    pub backbone_sha: String,
+}
+
+pub fn check_config(path: &Path) -> Result<Checked, DaemonError> {
+    let config = Config::load(path).map_err(cfg_err)?;
+    let bb = &config.inference.backbone;
+    let sha = file_sha256(bb).map_err(|e| cfg_err(format!("inference.backbone: {e}")))?;
+    let mut models = Vec::new();
+    for cam in &config.cameras {
+        let m = load_camera_model(cam, &config.state_dir, bb, &sha)?;
+        let pre = m.artifact.meta.preprocessing;
+        if let Some(first) = models
+            .first()
+            .map(|f: &LoadedModel| f.artifact.meta.preprocessing)
+        {
+            if first != pre {
+                return Err(cfg_err(format!("camera {}: model preprocessing differs from the other cameras' (one backbone input per daemon)", cam.id)));
+            }
+        }
+        models.push(m);
+    }
+    Ok(Checked {
+        config,
+        models,
+        backbone_sha: sha,
+    })
+}
+
+/// [`Sink`] that publishes over MQTT.
+pub struct MqttSink(pub Arc<Publisher>);
+
+impl Sink for MqttSink {
+    fn event(&self, camera: &str, event: &Event) {
+        self.0.publish_event(camera, event);
+    }
+    fn state(&self, camera: &str, state: &State) {
+        self.0.publish_state(camera, state);
+    }
+    fn snapshot(&self, camera: &str, jpeg: Vec<u8>) {
+        self.0.publish_snapshot(camera, jpeg);
+    }
+    fn health(&self, camera: &str, health: &Health) {
+        self.0.publish_health(camera, health);
+    }
+}
+
+/// A running pipeline: captures feeding slots, workers scoring them.
+pub struct Running {
+    pub pipeline: Arc<Pipeline>,
+    captures: Vec<CaptureHandle>,
+    workers: Vec<Worker>,
+    pub started: Instant,
+}
+
+/// Start sources and workers for `config` with already loaded models.
+pub fn start_pipeline(
+    config: &Config,
+    models: Vec<LoadedModel>,
+    sink: Arc<dyn Sink>,
+    snapshot_topic: &dyn Fn(&str) -> String,
+    record_timings: bool,
+) -> Result<Running, DaemonError> {
+    let size = models.first().map(|m| {
+        (
+            m.artifact.meta.preprocessing.width,
+            m.artifact.meta.preprocessing.height,
+        )
+    });
+    let mut backbones = Vec::new();
+    for _ in 0..config.inference.workers {
+        backbones.push(
+            TractBackbone::load(&config.inference.backbone, 1, size)
+                .map_err(|e| cfg_err(format!("inference.backbone: {e}")))?,
+        );
+    }
+    let mut cameras = Vec::new();
+    for (cam, model) in config.cameras.iter().zip(models) {
+        let slot = Arc::new(FrameSlot::new());
+        cameras.push(Arc::new(CameraRuntime::new(
+            cam.clone(),
+            &config.node,
+            snapshot_topic(&cam.id),
+            model,
+            slot,
+        )));
+    }
+    let pipeline = Arc::new(Pipeline {
+        node: config.node.clone(),
+        cameras,
+        sink,
+        stop: std::sync::atomic::AtomicBool::new(false),
+        epoch: Instant::now(),
+        state_interval: Duration::from_secs_f64(config.mqtt.state_interval_s.max(0.1)),
+        timings: record_timings.then(|| std::sync::Mutex::new(Vec::new())),
+    });
+    let opts = CaptureOptions {
+        stall_timeout: Duration::from_secs_f64(config.health.stall_timeout_s),
+        ..CaptureOptions::default()
+    };
+    let captures = pipeline
+        .cameras
+        .iter()
+        .map(|c| {
+            Capture::spawn(
+                c.cfg.id.clone(),
+                c.cfg.source.clone(),
+                opts.clone(),
+                c.slot.clone(),
+            )
+        })
+        .collect();
+    let workers = spawn_workers(&pipeline, backbones);
+    Ok(Running {
+        pipeline,
+        captures,
+        workers,
+        started: Instant::now(),
+    })
+}
+
+impl Running {
+    /// Health of each camera, as published.
+    pub fn health(&self, interval: Duration, last_scored: &mut [u64]) -> Vec<Health> {
+        let now = std::time::SystemTime::now();
+        let (ts, ts_ms) = timestamp(now);
+        self.pipeline
+            .cameras
+            .iter()
+            .zip(&self.captures)
+            .enumerate()
+            .map(|(i, (c, cap))| {
+                let h = cap.health();
+                let scored = c.counters.scored.load(Ordering::Relaxed);
+                let fps = (scored.saturating_sub(last_scored[i])) as f64
+                    / interval.as_secs_f64().max(1e-3);
+                last_scored[i] = scored;
+                let state = if !c.enabled.load(Ordering::Relaxed) {
+                    "disabled".to_string()
+                } else {
+                    h.state.as_str().to_string()
+                };
+                Health {
+                    schema: SCHEMA_HEALTH.to_string(),
+                    node: self.pipeline.node.clone(),
+                    camera: c.cfg.id.clone(),
+                    ts: ts.clone(),
+                    ts_ms,
+                    state,
+                    fps,
+                    last_frame_ts: h.last_frame_at.map(|t| timestamp(t).0),
+                    frames_captured: c.slot.captured(),
+                    frames_scored: scored,
+                    dropped_frames: c.slot.dropped(),
+                    error: h.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Stop captures and workers, close open events.
+    pub fn stop(self) {
+        self.pipeline.stop.store(true, Ordering::Relaxed);
+        for c in &self.pipeline.cameras {
+            c.slot.close();
+        }
+        for cap in self.captures {
+            cap.stop();
+            cap.join();
+        }
+        for w in self.workers {
+            let _ = w.handle.join();
+        }
+        for c in &self.pipeline.cameras {
+            c.end_open_event(self.pipeline.sink.as_ref());
+        }
+    }
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(states);
+}
+
+fn knob(
+    node: &str,
+    camera: &str,
+    name: &str,
+    value: serde_json::Value,
+    error: Option<String>,
+) -> KnobState {
+    let (ts, ts_ms) = timestamp(std::time::SystemTime::now());
+    KnobState {
+        schema: SCHEMA_KNOB.to_string(),
+        node: node.to_string(),
+        camera: camera.to_string(),
+        ts,
+        ts_ms,
+        knob: name.to_string(),
+        value,
+        error,
+    }
+}
+
+/// Apply one remote command.
+fn handle_command(cmd: Command, running: &Running, publisher: &Publisher) {
+    let p = &running.pipeline;
+    let find = |id: &str| p.cameras.iter().find(|c| c.cfg.id == id).cloned();
+    match cmd {
+        Command::SetEnabled { camera, enabled } => {
+            if let Some(c) = find(&camera) {
+                c.enabled.store(enabled, Ordering::Relaxed);
+                if !enabled {
+                    c.end_open_event(p.sink.as_ref());
+                }
+                tracing::info!(camera = %camera, enabled, "enabled set remotely");
+                publisher.publish_knob_state(
+                    &camera,
+                    &knob(&p.node, &camera, "enabled", enabled.into(), None),
+                );
+            }
+        }
+        Command::SetThreshold {
+            camera,
+            log_density,
+        } => {
+            if let Some(c) = find(&camera) {
+                *lock(&c.threshold_override) = Some(log_density);
+                tracing::info!(camera = %camera, log_density, "threshold set remotely");
+                publisher.publish_knob_state(
+                    &camera,
+                    &knob(&p.node, &camera, "threshold", log_density.into(), None),
+                );
+            }
+        }
+        Command::Calibrate { camera, .. } => {
+            publisher.publish_knob_state(
+                &camera,
+                &knob(
+                    &p.node,
+                    &camera,
+                    "calibrate",
+                    "idle".into(),
+                    Some("remote calibration is not available in this version".into()),
+                ),
+            );
+        }
+    }
+}
+
+/// SIGHUP: re-read the file; swap models, thresholds, enabled flags and detector settings
+/// in place. Sources, workers and MQTT settings need a restart (logged).
+fn reload(path: &Path, running: &Running) {
+    let checked = match check_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: keeping the running configuration");
+            return;
+        }
+    };
+    let p = &running.pipeline;
+    for (cam, model) in checked.config.cameras.iter().zip(checked.models) {
+        let Some(rt) = p.cameras.iter().find(|c| c.cfg.id == cam.id) else {
+            tracing::warn!(camera = %cam.id, "new camera in the configuration: restart vigil to start it");
+            continue;
+        };
+        if rt.cfg.source != cam.source {
+            tracing::warn!(camera = %cam.id, "source changed: restart vigil to apply");
+        }
+        let old = rt.current_model();
+        if old.artifact.meta.model_id != model.artifact.meta.model_id {
+            tracing::info!(camera = %cam.id, old = %old.artifact.meta.model_id, new = %model.artifact.meta.model_id, "model swapped");
+            rt.swap_model(model);
+        }
+        *lock(&rt.threshold_override) = cam.threshold;
+        rt.enabled.store(cam.enabled, Ordering::Relaxed);
+        if rt.cfg.detector != cam.detector {
+            let topic = format!(
+                "{}/{}/{}/snapshot",
+                checked.config.mqtt.prefix, p.node, cam.id
+            );
+            rt.set_detector(
+                Detector::new(cam.detector.clone(), &p.node, &cam.id, topic),
+                p.sink.as_ref(),
+            );
+        }
+    }
+    tracing::info!(path = %path.display(), "configuration reloaded");
+}
+
+/// `vigil run --config FILE`.
+pub fn run(path: &Path) -> Result<(), DaemonError> {
+    let Checked { config, models, .. } = check_config(path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("vigil-io")
+        .build()
+        .map_err(|e| DaemonError::Runtime(format!("tokio runtime: {e}")))?;
+    rt.block_on(serve(Some(path.to_path_buf()), config, models, None))
+}
+
+/// Serve until SIGTERM/SIGINT (or `deadline`). `path` enables SIGHUP reloads.
+pub async fn serve(
+    path: Option<PathBuf>,
+    config: Config,
+    models: Vec<LoadedModel>,
+    deadline: Option<Duration>,
+) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let ids: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        DaemonError::Runtime(format!("state_dir {}: {e}", config.state_dir.display()))
+    })?;
+    let (publisher, mut commands) =
+        Publisher::start(&config.mqtt, &config.node, ids, &config.state_dir)
+            .map_err(|e| cfg_err(format!("mqtt: {e}")))?;
+    let publisher = Arc::new(publisher);
+    let sink: Arc<dyn Sink> = Arc::new(MqttSink(publisher.clone()));
+    let prefix = config.mqtt.prefix.clone();
+    let node = config.node.clone();
+    let topic = move |cam: &str| format!("{prefix}/{node}/{cam}/snapshot");
+    let running = start_pipeline(&config, models, sink, &topic, false)?;
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let interval = Duration::from_secs_f64(config.health.interval_s);
+    let mut health_tick = tokio::time::interval(interval);
+    let wd = sd_notify::watchdog_enabled().unwrap_or(Duration::from_secs(3600));
+    let mut wd_tick = tokio::time::interval((wd / 3).max(Duration::from_millis(200)));
+    let max_age = Duration::from_secs_f64(config.health.watchdog_frame_age_s);
+    let mut last_scored = vec![0u64; running.pipeline.cameras.len()];
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("started, waiting for frames"),
+    ]);
+    tracing::info!(
+        cameras = running.pipeline.cameras.len(),
+        workers = config.inference.workers,
+        "vigil running"
+    );
+    let stop_at = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
+    tokio::pin!(stop_at);
+    loop {
+        tokio::select! {
+            _ = &mut stop_at => { tracing::info!("demo duration reached: shutting down"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                if let Some(path) = &path {
+                    notify(&[sd_notify::NotifyState::Reloading]);
+                    reload(path, &running);
+                    notify(&[sd_notify::NotifyState::Ready]);
+                }
+            }
+            Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher),
+            _ = health_tick.tick() => {
+                for h in running.health(interval, &mut last_scored) {
+                    publisher.publish_health(&h.camera, &h);
+                }
+                let status = running.pipeline.cameras.iter().map(|c| {
+                    let last = *lock(&c.last_score);
+                    format!("{}: {} frames, last score {}", c.cfg.id, c.counters.scored.load(Ordering::Relaxed),
+                        last.map(|(_, s)| format!("{s:.3}")).unwrap_or_else(|| "-".into()))
+                }).collect::<Vec<_>>().join("; ");
+                notify(&[sd_notify::NotifyState::Status(&status)]);
+            }
+            _ = wd_tick.tick() => {
+                // Feed the watchdog only while frames are actually being scored.
+                if running.pipeline.last_scored_age().is_some_and(|a| a <= max_age) {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let pipeline = running.pipeline.clone();
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    drop(pipeline);
+    match Arc::try_unwrap(publisher) {
+        Ok(p) => p.shutdown().await,
+        Err(_) => tracing::warn!("publisher still shared at shutdown; outbox kept on disk"),
+    }
+    Ok(())
+}

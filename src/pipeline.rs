@@ -1,0 +1,379 @@
+//! The frame pipeline shared by `run`, `demo` and `bench`: per-camera state (slot, model,
+//! detector, counters) and the inference workers (dedicated OS threads, one backbone each),
+//! publishing through a [`Sink`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::artifact::Artifact;
+use crate::backbone::{Backbone, TractBackbone};
+use crate::config::CameraConfig;
+use crate::detector::{Detector, Observation};
+use crate::frame::{Frame, Pixels};
+use crate::messages::{timestamp, Event, Health, State, SCHEMA_STATE};
+use crate::model::Workspace;
+use crate::preprocess::{self, Preprocessor, RgbF32};
+use crate::source::FrameSlot;
+
+/// Where the pipeline's output goes (MQTT in the daemon, memory in tests and `bench`).
+pub trait Sink: Send + Sync {
+    fn event(&self, camera: &str, event: &Event);
+    fn state(&self, camera: &str, state: &State);
+    fn snapshot(&self, camera: &str, jpeg: Vec<u8>);
+    fn health(&self, camera: &str, health: &Health);
+}
+
+/// A model in service for one camera.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub artifact: Artifact,
+    pub path: std::path::PathBuf,
+}
+
+/// Per-stage latencies of one frame, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    pub decode_us: u64,
+    pub preprocess_us: u64,
+    pub backbone_us: u64,
+    pub score_us: u64,
+    pub publish_us: u64,
+    /// Capture → verdict published.
+    pub total_us: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct CameraCounters {
+    pub scored: AtomicU64,
+    pub errors: AtomicU64,
+    pub events: AtomicU64,
+    /// Milliseconds since the pipeline's epoch of the last scored frame (0 = never).
+    pub last_scored_ms: AtomicU64,
+}
+
+struct DetectorState {
+    det: Detector,
+    last_seq: Option<u64>,
+    last_anomalous: Option<bool>,
+    last_state_pub: Option<Instant>,
+}
+
+/// One camera's runtime state.
+pub struct CameraRuntime {
+    pub cfg: CameraConfig,
+    pub slot: Arc<FrameSlot>,
+    pub model: RwLock<Arc<LoadedModel>>,
+    pub threshold_override: Mutex<Option<f64>>,
+    pub enabled: AtomicBool,
+    pub counters: CameraCounters,
+    detector: Mutex<DetectorState>,
+    /// Latest (log-density, score) for STATUS= lines.
+    pub last_score: Mutex<Option<(f64, f64)>>,
+}
+
+impl CameraRuntime {
+    pub fn new(
+        cfg: CameraConfig,
+        node: &str,
+        snapshot_topic: String,
+        model: LoadedModel,
+        slot: Arc<FrameSlot>,
+    ) -> Self {
+        let det = Detector::new(cfg.detector.clone(), node, &cfg.id, snapshot_topic);
+        CameraRuntime {
+            enabled: AtomicBool::new(cfg.enabled),
+            threshold_override: Mutex::new(cfg.threshold),
+            cfg,
+            slot,
+            model: RwLock::new(Arc::new(model)),
+            counters: CameraCounters::default(),
+            detector: Mutex::new(DetectorState {
+                det,
+                last_seq: None,
+                last_anomalous: None,
+                last_state_pub: None,
+            }),
+            last_score: Mutex::new(None),
+        }
+    }
+
+    pub fn current_model(&self) -> Arc<LoadedModel> {
+        match self.model.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Swap in a new model (takes effect from the next scored frame).
+    pub fn swap_model(&self, model: LoadedModel) {
+        let mut g = match self.model.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Arc::new(model);
+    }
+
+    pub fn threshold(&self, model: &LoadedModel) -> f64 {
+        lock(&self.threshold_override).unwrap_or(model.artifact.meta.threshold.log_density)
+    }
+
+    /// Replace detector settings (an open event is closed first).
+    pub fn set_detector(&self, det: Detector, sink: &dyn Sink) {
+        let mut d = lock(&self.detector);
+        let model = self.current_model();
+        if let Some(ev) = d.det.force_end(
+            SystemTime::now(),
+            &model.artifact.meta.model_id,
+            self.threshold(&model),
+        ) {
+            sink.event(&self.cfg.id, &ev);
+        }
+        d.det = det;
+    }
+
+    /// Close an open event (camera disabled or shutting down).
+    pub fn end_open_event(&self, sink: &dyn Sink) {
+        let mut d = lock(&self.detector);
+        let model = self.current_model();
+        if let Some(ev) = d.det.force_end(
+            SystemTime::now(),
+            &model.artifact.meta.model_id,
+            self.threshold(&model),
+        ) {
+            sink.event(&self.cfg.id, &ev);
+        }
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Shared between workers and the supervisor.
+pub struct Pipeline {
+    pub node: String,
+    pub cameras: Vec<Arc<CameraRuntime>>,
+    pub sink: Arc<dyn Sink>,
+    pub stop: AtomicBool,
+    pub epoch: Instant,
+    /// Retained state is re-published at most this often unless it changed.
+    pub state_interval: Duration,
+    /// Per-frame stage times for `bench` (None in the daemon: no unbounded growth).
+    pub timings: Option<Mutex<Vec<StageTimes>>>,
+}
+
+impl Pipeline {
+    /// Milliseconds since the epoch of the most recent scored frame on any camera.
+    pub fn last_scored_age(&self) -> Option<Duration> {
+        let last = self
+            .cameras
+            .iter()
+            .map(|c| c.counters.last_scored_ms.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        if last == 0 {
+            return None;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(now.saturating_sub(last)))
+    }
+}
+
+/// A started inference worker.
+pub struct Worker {
+    pub handle: std::thread::JoinHandle<()>,
+}
+
+/// Start `n` workers, each with its own backbone instance.
+pub fn spawn_workers(pipeline: &Arc<Pipeline>, backbones: Vec<TractBackbone>) -> Vec<Worker> {
+    backbones
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, bb)| {
+            let p = pipeline.clone();
+            std::thread::Builder::new()
+                .name(format!("vigil-infer-{i}"))
+                .spawn(move || worker_loop(i, &p, bb))
+                .ok()
+                .map(|handle| Worker { handle })
+        })
+        .collect()
+}
+
+fn worker_loop(index: usize, p: &Pipeline, mut bb: TractBackbone) {
+    let info = bb.info().clone();
+    let pre_cfg = p
+        .cameras
+        .first()
+        .map(|c| c.current_model().artifact.meta.preprocessing);
+    let Some(pre_cfg) = pre_cfg else { return };
+    let mut pre = Preprocessor::new(pre_cfg);
+    let mut tensor = vec![0.0f32; pre_cfg.tensor_len()];
+    let mut feat = vec![0.0f32; info.feature_dim];
+    let mut workspaces: Vec<Option<Workspace>> = p.cameras.iter().map(|_| None).collect();
+    let n = p.cameras.len();
+    let mut next = index % n.max(1);
+    while !p.stop.load(Ordering::Relaxed) {
+        // One camera: block on its slot. Several: round-robin with short waits.
+        let wait = if n == 1 {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(2)
+        };
+        let mut got = None;
+        for k in 0..n {
+            let ci = (next + k) % n;
+            if let Some(f) = p.cameras[ci].slot.take(wait) {
+                got = Some((ci, f));
+                next = (ci + 1) % n;
+                break;
+            }
+        }
+        let Some((ci, frame)) = got else { continue };
+        let cam = &p.cameras[ci];
+        if let Err(e) = process(
+            p,
+            cam,
+            &frame,
+            &mut bb,
+            &mut pre,
+            &mut tensor,
+            &mut feat,
+            &mut workspaces[ci],
+        ) {
+            cam.counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(camera = %cam.cfg.id, seq = frame.seq, error = %e, "frame dropped");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn process(
+    p: &Pipeline,
+    cam: &CameraRuntime,
+    frame: &Frame,
+    bb: &mut TractBackbone,
+    pre: &mut Preprocessor,
+    tensor: &mut [f32],
+    feat: &mut [f32],
+    ws: &mut Option<Workspace>,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let origin = frame.origin.as_deref().unwrap_or("frame");
+    let img: RgbF32 = match &frame.pixels {
+        Pixels::Encoded { data } => {
+            preprocess::decode_for_input(data, origin, pre.config()).map_err(|e| e.to_string())?
+        }
+        Pixels::Rgb8 {
+            width,
+            height,
+            data,
+        } => preprocess::from_rgb8(data, *width, *height).map_err(|e| e.to_string())?,
+    };
+    let t1 = Instant::now();
+    pre.run(&img, tensor).map_err(|e| e.to_string())?;
+    let t2 = Instant::now();
+    bb.extract(tensor, 1, feat).map_err(|e| e.to_string())?;
+    let t3 = Instant::now();
+    let model = cam.current_model();
+    let dfkde = &model.artifact.model;
+    let w = ws.get_or_insert_with(|| dfkde.workspace());
+    let score = dfkde.score(feat, w).map_err(|e| e.to_string())?;
+    let threshold = cam.threshold(&model);
+    let obs = Observation {
+        captured_at: frame.captured_at,
+        log_density: score.log_density,
+        pred_score: score.pred_score,
+        threshold,
+    };
+    let t4 = Instant::now();
+    cam.counters.scored.fetch_add(1, Ordering::Relaxed);
+    cam.counters.last_scored_ms.store(
+        p.epoch.elapsed().as_millis().max(1) as u64,
+        Ordering::Relaxed,
+    );
+    *lock(&cam.last_score) = Some((score.log_density, score.pred_score));
+    let model_id = &model.artifact.meta.model_id;
+    let enabled = cam.enabled.load(Ordering::Relaxed);
+    let anomalous = obs.anomalous();
+
+    let mut d = lock(&cam.detector);
+    if d.last_seq.is_some_and(|s| frame.seq < s) {
+        return Ok(()); // a later frame already went through another worker
+    }
+    d.last_seq = Some(frame.seq);
+    if enabled {
+        let out = d.det.observe(&obs, model_id);
+        if let Some(ev) = &out.event {
+            cam.counters.events.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(camera = %cam.cfg.id, event_id = %ev.id, kind = %ev.r#type, peak = ev.peak_score, "event");
+            p.sink.event(&cam.cfg.id, ev);
+        }
+        if out.snapshot {
+            if let Some(jpeg) = snapshot_jpeg(frame, &img) {
+                p.sink.snapshot(&cam.cfg.id, jpeg);
+            }
+        }
+    }
+    let due = d
+        .last_state_pub
+        .is_none_or(|t| t.elapsed() >= p.state_interval);
+    if d.last_anomalous != Some(anomalous) || due {
+        d.last_anomalous = Some(anomalous);
+        d.last_state_pub = Some(Instant::now());
+        let (ts, ts_ms) = timestamp(frame.captured_at);
+        let state = State {
+            schema: SCHEMA_STATE.to_string(),
+            node: p.node.clone(),
+            camera: cam.cfg.id.clone(),
+            ts,
+            ts_ms,
+            anomalous,
+            score: score.pred_score,
+            log_density: score.log_density,
+            threshold,
+            model_id: model_id.clone(),
+            enabled,
+        };
+        p.sink.state(&cam.cfg.id, &state);
+    }
+    drop(d);
+    let t5 = Instant::now();
+    if let Some(t) = &p.timings {
+        let us = |a: Instant, b: Instant| b.duration_since(a).as_micros() as u64;
+        lock(t).push(StageTimes {
+            decode_us: us(t0, t1),
+            preprocess_us: us(t1, t2),
+            backbone_us: us(t2, t3),
+            score_us: us(t3, t4),
+            publish_us: us(t4, t5),
+            total_us: t5.duration_since(frame.captured_mono).as_micros() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The frame as JPEG: the source's own bytes when it delivered a JPEG, else encoded.
+fn snapshot_jpeg(frame: &Frame, img: &RgbF32) -> Option<Vec<u8>> {
+    if let Pixels::Encoded { data } = &frame.pixels {
+        if data.starts_with(&[0xFF, 0xD8]) {
+            return Some(data.clone());
+        }
+    }
+    let rgb: Vec<u8> = img
+        .pixels
+        .iter()
+        .flat_map(|p| p.0.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8))
+        .collect();
+    let mut out = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85);
+    enc.write_image(&rgb, img.width, img.height, image::ExtendedColorType::Rgb8)
+        .ok()?;
+    Some(out)
+}
+
+use image::ImageEncoder;

@@ -1,0 +1,416 @@
+//! `vigil run` as a real process against a real broker (Debian mosquitto on a free
+//! loopback port): events for anomalous images arrive with their fields, the Last-Will
+//! says `offline` when the daemon is SIGKILLed, SIGHUP reloads, bad config exits 78,
+//! SIGTERM shuts down cleanly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vigil::backbone::{Backbone, TractBackbone};
+use vigil::features::{extract_paths, list_images};
+use vigil::fit::{fit_with_threshold, make_artifact, ThresholdConfig};
+use vigil::model::FitConfig;
+use vigil::preprocess::PreprocessConfig;
+
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        Self::start_on(port)
+    }
+    fn start_on(port: u16) -> Broker {
+        let dir = tempfile::tempdir().expect("tmp");
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Broker {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto did not start on {port}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Subscribe to `filter` and collect every message (reconnecting after broker restarts).
+fn subscribe(port: u16, filter: &str) -> Messages {
+    let msgs: Messages = Arc::new(Mutex::new(Vec::new()));
+    let out = msgs.clone();
+    let filter = filter.to_string();
+    let id = format!("test-sub-{}", std::process::id() ^ port as u32);
+    std::thread::spawn(move || {
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = rumqttc::Client::new(opts, 64);
+        for ev in conn.iter() {
+            match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    out.lock()
+                        .expect("lock")
+                        .push((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    msgs
+}
+
+fn wait_for(
+    msgs: &Messages,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[(String, Vec<u8>)]) -> bool,
+) {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if pred(&msgs.lock().expect("lock")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got: Vec<String> = msgs
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(t, p)| format!("{t} {}", String::from_utf8_lossy(p)))
+        .collect();
+    panic!("timed out waiting for {what}; got:\n{}", got.join("\n"));
+}
+
+fn json_of(msgs: &[(String, Vec<u8>)], suffix: &str) -> Vec<serde_json::Value> {
+    msgs.iter()
+        .filter(|(t, _)| t.ends_with(suffix))
+        .filter_map(|(_, p)| serde_json::from_slice(p).ok())
+        .collect()
+}
+
+fn link(files: &[PathBuf], dir: &Path, prefix: &str) {
+    for (i, f) in files.iter().enumerate() {
+        std::os::unix::fs::symlink(f, dir.join(format!("{prefix}{i:04}.jpg"))).expect("link");
+    }
+}
+
+/// A model fitted on 60 magnetic-tile normals, and a folder source dir: normals, then
+/// strong defects (fray, AUROC ≈ 0.96), then normals again.
+fn setup(root: &Path) -> (PathBuf, PathBuf) {
+    let mt = common::shared_dir().join("data/magnetic_tile");
+    let backbone = common::repo_path("models/efficientnet_lite0_pooled.onnx");
+    let mut bb = TractBackbone::load(&backbone, 1, None).expect("backbone");
+    let train = list_images(&mt.join("train/good")).expect("train");
+    let train = &train[..80];
+    let pre = PreprocessConfig::imagenet(224, 224);
+    let feats = extract_paths(&mut bb, pre, train, "fit").expect("features");
+    let cfg = FitConfig::default();
+    let (m, th, qs) = fit_with_threshold(
+        &feats,
+        train.len(),
+        1280,
+        &cfg,
+        &ThresholdConfig {
+            holdout: 0.2,
+            quantile: 0.9,
+        },
+    )
+    .expect("fit");
+    let art = make_artifact(m, th, qs, bb.info(), pre, &cfg, train.len());
+    let model = root.join("state/models/cam1.safetensors");
+    std::fs::create_dir_all(model.parent().expect("p")).expect("mkdir");
+    art.save(&model).expect("save");
+
+    let frames = root.join("frames");
+    std::fs::create_dir_all(&frames).expect("mkdir");
+    let good = list_images(&mt.join("test/good")).expect("good");
+    let fray = list_images(&mt.join("test/fray")).expect("fray");
+    link(&good[..8], &frames, "a_");
+    link(&fray[..16], &frames, "b_");
+    link(&good[8..20], &frames, "c_");
+    (model, frames)
+}
+
+fn write_config(root: &Path, port: u16, frames: &Path, extra_camera: &str) -> PathBuf {
+    let text = format!(
+        r#"
+node = "testnode"
+state_dir = "{state}"
+[inference]
+backbone = "{bb}"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+keep_alive_s = 5
+state_interval_s = 1
+[health]
+interval_s = 1
+[[camera]]
+id = "cam1"
+{extra_camera}
+[camera.source]
+type = "folder"
+path = "{frames}"
+fps = 10
+loop = false
+[camera.detector]
+start_frames = 2
+end_frames = 3
+min_event_gap_s = 0
+update_interval_s = 0.5
+"#,
+        state = root.join("state").display(),
+        bb = common::repo_path("models/efficientnet_lite0_pooled.onnx").display(),
+        frames = frames.display(),
+    );
+    let path = root.join("vigil.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn spawn_daemon(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config", config.to_str().expect("utf8")])
+        .env("VIGIL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vigil")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+#[test]
+fn events_for_anomalous_frames_arrive_with_their_fields_and_sigterm_is_clean() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let msgs = subscribe(broker.port, "vigil/testnode/#");
+
+    let check = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["check-config", config.to_str().expect("p")])
+        .output()
+        .expect("check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let mut daemon = spawn_daemon(&config);
+    wait_for(
+        &msgs,
+        "an event start and end",
+        Duration::from_secs(90),
+        |m| {
+            let ev = json_of(m, "/cam1/event");
+            ev.iter().any(|e| e["type"] == "start") && ev.iter().any(|e| e["type"] == "end")
+        },
+    );
+    wait_for(&msgs, "online status", Duration::from_secs(5), |m| {
+        json_of(m, "/status")
+            .iter()
+            .any(|s| s["status"] == "online")
+    });
+    let m = msgs.lock().expect("lock").clone();
+    let events = json_of(&m, "/cam1/event");
+    let start = events.iter().find(|e| e["type"] == "start").expect("start");
+    for key in [
+        "schema",
+        "id",
+        "ts_start",
+        "ts",
+        "ts_ms",
+        "peak_score",
+        "threshold",
+        "frames",
+        "snapshot_topic",
+        "model_id",
+        "node",
+        "camera",
+    ] {
+        assert!(!start[key].is_null(), "event lacks {key}: {start}");
+    }
+    assert_eq!(start["schema"], "vigil.event/1");
+    assert_eq!(start["camera"], "cam1");
+    assert!(start["ts"].as_str().expect("ts").ends_with('Z'));
+    let end = events.iter().find(|e| e["type"] == "end").expect("end");
+    assert_eq!(end["id"], start["id"], "start and end share the event id");
+    assert!(
+        m.iter()
+            .any(|(t, p)| t.ends_with("/cam1/snapshot") && p.starts_with(&[0xFF, 0xD8])),
+        "snapshot JPEG"
+    );
+    let states = json_of(&m, "/cam1/state");
+    assert!(
+        states.iter().any(|s| s["anomalous"] == true)
+            && states.iter().any(|s| s["anomalous"] == false)
+    );
+    assert!(!json_of(&m, "/cam1/health").is_empty());
+
+    signal(&daemon, "TERM");
+    let status = daemon.wait().expect("wait");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    wait_for(
+        &msgs,
+        "offline status after SIGTERM",
+        Duration::from_secs(5),
+        |m| {
+            json_of(m, "/status")
+                .last()
+                .is_some_and(|s| s["status"] == "offline")
+        },
+    );
+}
+
+#[test]
+fn last_will_says_offline_when_the_daemon_is_killed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let msgs = subscribe(broker.port, "vigil/testnode/status");
+    let mut daemon = spawn_daemon(&config);
+    wait_for(&msgs, "online", Duration::from_secs(60), |m| {
+        json_of(m, "/status")
+            .iter()
+            .any(|s| s["status"] == "online")
+    });
+    daemon.kill().expect("SIGKILL");
+    let _ = daemon.wait();
+    wait_for(&msgs, "Last-Will offline", Duration::from_secs(20), |m| {
+        json_of(m, "/status")
+            .last()
+            .is_some_and(|s| s["status"] == "offline")
+    });
+}
+
+#[test]
+fn sighup_reloads_the_threshold_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    // Loop the folder so frames keep flowing.
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("loop = false", "loop = true");
+    std::fs::write(&config, &text).expect("write");
+    let msgs = subscribe(broker.port, "vigil/testnode/#");
+    let mut daemon = spawn_daemon(&config);
+    wait_for(&msgs, "state", Duration::from_secs(60), |m| {
+        !json_of(m, "/cam1/state").is_empty()
+    });
+    std::fs::write(
+        &config,
+        text.replace("id = \"cam1\"\n", "id = \"cam1\"\nthreshold = -12345.5\n"),
+    )
+    .expect("write");
+    signal(&daemon, "HUP");
+    wait_for(
+        &msgs,
+        "state with the new threshold",
+        Duration::from_secs(30),
+        |m| {
+            json_of(m, "/cam1/state")
+                .iter()
+                .any(|s| s["threshold"] == -12345.5)
+        },
+    );
+    assert!(
+        daemon.try_wait().expect("wait").is_none(),
+        "still running after SIGHUP"
+    );
+    // A broken file on reload is refused and the daemon keeps running.
+    std::fs::write(&config, "node = [").expect("write");
+    signal(&daemon, "HUP");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        daemon.try_wait().expect("wait").is_none(),
+        "bad reload must not stop the daemon"
+    );
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+}
+
+#[test]
+fn bad_configuration_exits_with_the_config_code() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "node = \"n\"\nbogus_key = 1\n[[camera]]\nid = \"c\"\n[camera.source]\ntype = \"synthetic\"\n").expect("write");
+    for cmd in ["run", "check-config"] {
+        let mut args = vec![cmd];
+        if cmd == "run" {
+            args.push("--config");
+        }
+        args.push(path.to_str().expect("p"));
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(&args)
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("bogus_key"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A missing model is a configuration error too.
+    std::fs::write(&path, format!("node = \"n\"\nstate_dir = \"{}\"\n[[camera]]\nid = \"c\"\n[camera.source]\ntype = \"synthetic\"\n", dir.path().display())).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["check-config", path.to_str().expect("p")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("c.safetensors"));
+}
