@@ -229,6 +229,9 @@ impl Config {
             c.detector
                 .validate()
                 .map_err(|m| ConfigError::Invalid(format!("camera {}: {m}", c.id)))?;
+            c.source
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("camera {}: {e}", c.id)))?;
         }
         self.mqtt
             .validate(&self.node)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::artifact::Artifact;
-use crate::backbone::{file_sha256, Backbone, TractBackbone};
+use crate::backbone::{file_sha256, TractBackbone};
 use crate::config::{CameraConfig, Config};
 use crate::detector::Detector;
 use crate::messages::{timestamp, Event, Health, KnobState, State, SCHEMA_HEALTH, SCHEMA_KNOB};
@@ -96,16 +96,24 @@ pub struct MqttSink(pub Arc<Publisher>);
 
 impl Sink for MqttSink {
     fn event(&self, camera: &str, event: &Event) {
-        self.0.publish_event(camera, event);
+        if let Err(e) = self.0.publish_event(camera, event) {
+            tracing::error!(camera, event_id = %event.id, error = %e, "event not queued");
+        }
     }
     fn state(&self, camera: &str, state: &State) {
-        self.0.publish_state(camera, state);
+        if let Err(e) = self.0.publish_state(camera, state) {
+            tracing::debug!(camera, error = %e, "state not published");
+        }
     }
     fn snapshot(&self, camera: &str, jpeg: Vec<u8>) {
-        self.0.publish_snapshot(camera, jpeg);
+        if let Err(e) = self.0.publish_snapshot(camera, jpeg) {
+            tracing::debug!(camera, error = %e, "snapshot not published");
+        }
     }
     fn health(&self, camera: &str, health: &Health) {
-        self.0.publish_health(camera, health);
+        if let Err(e) = self.0.publish_health(camera, health) {
+            tracing::debug!(camera, error = %e, "health not published");
+        }
     }
 }
 
@@ -166,14 +174,10 @@ pub fn start_pipeline(
         .cameras
         .iter()
         .map(|c| {
-            Capture::spawn(
-                c.cfg.id.clone(),
-                c.cfg.source.clone(),
-                opts.clone(),
-                c.slot.clone(),
-            )
+            Capture::spawn(c.cfg.id.clone(), c.cfg.source.clone(), opts, c.slot.clone())
+                .map_err(|e| cfg_err(format!("camera {}: {e}", c.cfg.id)))
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     let workers = spawn_workers(&pipeline, backbones);
     Ok(Running {
         pipeline,
@@ -277,7 +281,7 @@ fn handle_command(cmd: Command, running: &Running, publisher: &Publisher) {
                     c.end_open_event(p.sink.as_ref());
                 }
                 tracing::info!(camera = %camera, enabled, "enabled set remotely");
-                publisher.publish_knob_state(
+                let _ = publisher.publish_knob_state(
                     &camera,
                     &knob(&p.node, &camera, "enabled", enabled.into(), None),
                 );
@@ -290,14 +294,14 @@ fn handle_command(cmd: Command, running: &Running, publisher: &Publisher) {
             if let Some(c) = find(&camera) {
                 *lock(&c.threshold_override) = Some(log_density);
                 tracing::info!(camera = %camera, log_density, "threshold set remotely");
-                publisher.publish_knob_state(
+                let _ = publisher.publish_knob_state(
                     &camera,
                     &knob(&p.node, &camera, "threshold", log_density.into(), None),
                 );
             }
         }
         Command::Calibrate { camera, .. } => {
-            publisher.publish_knob_state(
+            let _ = publisher.publish_knob_state(
                 &camera,
                 &knob(
                     &p.node,
@@ -422,7 +426,7 @@ pub async fn serve(
             Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher),
             _ = health_tick.tick() => {
                 for h in running.health(interval, &mut last_scored) {
-                    publisher.publish_health(&h.camera, &h);
+                    let _ = publisher.publish_health(&h.camera, &h);
                 }
                 let status = running.pipeline.cameras.iter().map(|c| {
                     let last = *lock(&c.last_score);

@@ -20,3 +20,5 @@ pub mod model;
 pub mod pipeline;
 pub mod plots;
 pub mod preprocess;
+pub mod publish;
+pub mod source;
