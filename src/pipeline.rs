@@ -310,8 +310,9 @@ fn process(
         let out = d.det.observe(&obs, model_id);
         if let Some(ev) = &out.event {
             cam.counters.events.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(camera = %cam.cfg.id, event_id = %ev.id, kind = %ev.r#type, peak = ev.peak_score, "event");
+            // Queued (durably) before it is logged: a logged event is never lost.
             p.sink.event(&cam.cfg.id, ev);
+            tracing::info!(camera = %cam.cfg.id, event_id = %ev.id, kind = %ev.r#type, seq = ev.seq, peak = ev.peak_score, "event");
         }
         if out.snapshot {
             if let Some(jpeg) = snapshot_jpeg(frame, &img) {

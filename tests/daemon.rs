@@ -207,13 +207,32 @@ update_interval_s = 0.5
 }
 
 fn spawn_daemon(config: &Path) -> Child {
+    spawn_daemon_logging(config, &config.with_extension("log"))
+}
+
+/// Start `vigil run`, its log appended to `log` (a file: a pipe nobody reads could fill up).
+fn spawn_daemon_logging(config: &Path, log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["run", "--config", config.to_str().expect("utf8")])
         .env("VIGIL_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(file))
         .spawn()
         .expect("spawn vigil")
+}
+
+/// (event id, seq) pairs the daemon logged as queued.
+fn logged_events(log: &Path) -> std::collections::BTreeSet<(String, u64)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains(" event ") || l.ends_with(" event") || l.contains("event_id="))
+        .filter_map(|l| {
+            let id = l.split("event_id=").nth(1)?.split_whitespace().next()?.to_string();
+            let seq = l.split(" seq=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            Some((id, seq))
+        })
+        .collect()
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -413,4 +432,59 @@ fn bad_configuration_exits_with_the_config_code() {
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("c.safetensors"));
+}
+
+#[test]
+fn every_event_arrives_at_least_once_across_broker_and_daemon_kills() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut broker = Broker::start();
+    let port = broker.port;
+    let (_model, frames) = setup(dir.path());
+    let config = write_config(dir.path(), port, &frames, "");
+    // Loop the frames (an event every pass) and reconnect at a steady 1.5 s.
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("loop = false", "loop = true")
+        .replace("keep_alive_s = 5", "keep_alive_s = 5\nreconnect_min_s = 1.5\nreconnect_max_s = 1.5");
+    std::fs::write(&config, text).expect("write");
+    let log = dir.path().join("daemon.log");
+    let msgs = subscribe(port, "vigil/testnode/cam1/event");
+    let mut daemon = spawn_daemon_logging(&config, &log);
+    wait_for(&msgs, "a first event", Duration::from_secs(90), |m| !m.is_empty());
+
+    // Broker SIGKILL mid-stream; events keep being detected into the outbox.
+    broker.child.kill().expect("kill broker");
+    let _ = broker.child.wait();
+    std::thread::sleep(Duration::from_secs(4));
+    let restarted = Broker::start_on(port);
+    std::thread::sleep(Duration::from_secs(4));
+
+    // Daemon SIGKILL, then a new daemon on the same state directory (same outbox).
+    daemon.kill().expect("kill daemon");
+    let _ = daemon.wait();
+    let mut daemon = spawn_daemon_logging(&config, &log);
+    std::thread::sleep(Duration::from_secs(8));
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+
+    let logged = logged_events(&log);
+    assert!(logged.len() >= 4, "too few events logged: {logged:?}");
+    wait_for(&msgs, "every logged event", Duration::from_secs(30), |m| {
+        let got: std::collections::BTreeSet<(String, u64)> = json_of(m, "/event")
+            .iter()
+            .filter_map(|e| Some((e["id"].as_str()?.to_string(), e["seq"].as_u64()?)))
+            .collect();
+        logged.iter().all(|k| got.contains(k))
+    });
+    // Duplicates (re-sent after reconnects) are identical messages with the same id.
+    let m = msgs.lock().expect("lock").clone();
+    let mut by_key: std::collections::HashMap<(String, u64), Vec<serde_json::Value>> = std::collections::HashMap::new();
+    for e in json_of(&m, "/event") {
+        let key = (e["id"].as_str().unwrap_or("").to_string(), e["seq"].as_u64().unwrap_or(0));
+        by_key.entry(key).or_default().push(e);
+    }
+    for copies in by_key.values() {
+        assert!(copies.windows(2).all(|w| w[0] == w[1]), "duplicates differ: {copies:?}");
+    }
+    drop(restarted);
 }
