@@ -13,3 +13,4 @@ pub mod messages;
 pub mod model;
 pub mod plots;
 pub mod preprocess;
+pub mod source;
