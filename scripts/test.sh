@@ -13,7 +13,7 @@ fi
 
 if [ "${VIGIL_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
   need=()
-  for p in fonts-dejavu-core mosquitto openssl; do
+  for p in fonts-dejavu-core mosquitto openssl ffmpeg systemd; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -150,19 +150,21 @@ impl Shared {
 
     /// Sleeps for `d` unless stopped first; false when stopping.
     fn sleep(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
+        let deadline = Instant::now().checked_add(d);
         let mut inner = self.lock();
         loop {
             if inner.stopping {
                 return false;
             }
             let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
+            let left = match deadline {
+                Some(d) if now >= d => return true,
+                Some(d) => d - now,
+                None => Duration::from_secs(3600),
+            };
             inner = self
                 .cv
-                .wait_timeout(inner, deadline - now)
+                .wait_timeout(inner, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }

@@ -40,7 +40,9 @@ impl FolderSource {
             source,
         };
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let mut files = if has_wildcards(name) {
+        // An existing path is taken literally, even with `[` in its name.
+        let literal = std::fs::metadata(p);
+        let mut files = if literal.is_err() && has_wildcards(name) {
             let dir = match p.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
                 _ => Path::new("."),
@@ -52,7 +54,7 @@ impl FolderSource {
             }
             images_in(dir, |file_name| wildcard_match(name, file_name)).map_err(io_err)?
         } else {
-            let meta = std::fs::metadata(p).map_err(io_err)?;
+            let meta = literal.map_err(io_err)?;
             if meta.is_dir() {
                 images_in(p, |_| true).map_err(io_err)?
             } else if is_image(p) {

@@ -145,9 +145,10 @@ impl SourceConfig {
 pub struct FolderConfig {
     /// `path` (required): a directory (its image files, not recursive), a single image
     /// file, or a glob pattern in the file-name part, e.g. `"/data/line3/*.jpg"`
-    /// (`*`, `?` and `[...]` classes; the directory part must be literal).
+    /// (`*`, `?` and `[...]` classes; the directory part must be literal; a path that
+    /// exists is always taken literally).
     pub path: String,
-    /// `fps` (default `2.0`): frames per second; `0` = as fast as the consumer takes them.
+    /// `fps` (default `2.0`): frames per second (≥ 0.001); `0` = as fast as possible.
     #[serde(default = "default_folder_fps")]
     pub fps: f64,
     /// `loop` (default `true`): start again after the last file; `false` ends the source
@@ -185,7 +186,7 @@ pub struct SyntheticConfig {
     pub width: u32,
     /// `height` (default `480`): frame height in pixels.
     pub height: u32,
-    /// `fps` (default `5.0`): frames per second; `0` = as fast as possible.
+    /// `fps` (default `5.0`): frames per second (≥ 0.001); `0` = as fast as possible.
     pub fps: f64,
     /// `defect_every` (default `0` = never): inject a defect every N frames — injection `k`
     /// (k ≥ 1) starts at frame `k·N`.
@@ -242,8 +243,8 @@ pub struct VideoConfig {
     /// MJPEG, `udp://`, ...). Values with a `scheme://` other than `file://` are network
     /// streams.
     pub url: String,
-    /// `fps` (default: none = every decoded frame): resample to this rate with ffmpeg's
-    /// `fps` filter.
+    /// `fps` (default: none = every decoded frame): resample to this rate (≥ 0.001) with
+    /// ffmpeg's `fps` filter.
     #[serde(default)]
     pub fps: Option<f64>,
     /// `width` (default `640`): output width; ffmpeg scales (aspect not kept).
@@ -309,9 +310,9 @@ impl VideoConfig {
         }
         check_size("video", self.width, self.height)?;
         if let Some(fps) = self.fps {
-            if !(fps.is_finite() && fps > 0.0) {
+            if !(fps.is_finite() && fps >= MIN_FPS) {
                 return Err(SourceError::Config(format!(
-                    "video: `fps` must be a positive number, got {fps}"
+                    "video: `fps` must be ≥ {MIN_FPS}, got {fps}"
                 )));
             }
         }
@@ -389,12 +390,15 @@ fn default_ffmpeg() -> String {
     "ffmpeg".into()
 }
 
+/// Slowest pacing accepted: one frame every 1000 s.
+const MIN_FPS: f64 = 1e-3;
+
 fn check_fps(what: &str, fps: f64) -> Result<(), SourceError> {
-    if fps.is_finite() && fps >= 0.0 {
+    if fps == 0.0 || (fps.is_finite() && fps >= MIN_FPS) {
         Ok(())
     } else {
         Err(SourceError::Config(format!(
-            "{what}: `fps` must be ≥ 0 (0 = as fast as possible), got {fps}"
+            "{what}: `fps` must be 0 (as fast as possible) or ≥ {MIN_FPS}, got {fps}"
         )))
     }
 }

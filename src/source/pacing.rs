@@ -106,11 +106,10 @@ impl Pacer {
         let due = self.next.unwrap_or_else(Instant::now);
         self.wake.sleep_until(due)?;
         let now = Instant::now();
-        let mut next = due + period;
-        if next <= now {
-            next = now + period;
-        }
-        self.next = Some(next);
+        self.next = match due.checked_add(period) {
+            Some(next) if next > now => Some(next),
+            _ => now.checked_add(period),
+        };
         Ok(())
     }
 }
