@@ -39,7 +39,7 @@ impl Broker {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
         .expect("conf");
-        let child = Command::new("mosquitto")
+        let mut child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -56,6 +56,8 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("mosquitto did not start on {port}");
     }
 }
@@ -212,7 +214,11 @@ fn spawn_daemon(config: &Path) -> Child {
 
 /// Start `vigil run`, its log appended to `log` (a file: a pipe nobody reads could fill up).
 fn spawn_daemon_logging(config: &Path, log: &Path) -> Child {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["run", "--config", config.to_str().expect("utf8")])
         .env("VIGIL_LOG", "info")
@@ -228,8 +234,19 @@ fn logged_events(log: &Path) -> std::collections::BTreeSet<(String, u64)> {
     text.lines()
         .filter(|l| l.contains(" event ") || l.ends_with(" event") || l.contains("event_id="))
         .filter_map(|l| {
-            let id = l.split("event_id=").nth(1)?.split_whitespace().next()?.to_string();
-            let seq = l.split(" seq=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            let id = l
+                .split("event_id=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_string();
+            let seq = l
+                .split(" seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
             Some((id, seq))
         })
         .collect()
@@ -445,12 +462,17 @@ fn every_event_arrives_at_least_once_across_broker_and_daemon_kills() {
     let text = std::fs::read_to_string(&config)
         .expect("read")
         .replace("loop = false", "loop = true")
-        .replace("keep_alive_s = 5", "keep_alive_s = 5\nreconnect_min_s = 1.5\nreconnect_max_s = 1.5");
+        .replace(
+            "keep_alive_s = 5",
+            "keep_alive_s = 5\nreconnect_min_s = 1.5\nreconnect_max_s = 1.5",
+        );
     std::fs::write(&config, text).expect("write");
     let log = dir.path().join("daemon.log");
     let msgs = subscribe(port, "vigil/testnode/cam1/event");
     let mut daemon = spawn_daemon_logging(&config, &log);
-    wait_for(&msgs, "a first event", Duration::from_secs(90), |m| !m.is_empty());
+    wait_for(&msgs, "a first event", Duration::from_secs(90), |m| {
+        !m.is_empty()
+    });
 
     // Broker SIGKILL mid-stream; events keep being detected into the outbox.
     broker.child.kill().expect("kill broker");
@@ -478,13 +500,20 @@ fn every_event_arrives_at_least_once_across_broker_and_daemon_kills() {
     });
     // Duplicates (re-sent after reconnects) are identical messages with the same id.
     let m = msgs.lock().expect("lock").clone();
-    let mut by_key: std::collections::HashMap<(String, u64), Vec<serde_json::Value>> = std::collections::HashMap::new();
+    let mut by_key: std::collections::HashMap<(String, u64), Vec<serde_json::Value>> =
+        std::collections::HashMap::new();
     for e in json_of(&m, "/event") {
-        let key = (e["id"].as_str().unwrap_or("").to_string(), e["seq"].as_u64().unwrap_or(0));
+        let key = (
+            e["id"].as_str().unwrap_or("").to_string(),
+            e["seq"].as_u64().unwrap_or(0),
+        );
         by_key.entry(key).or_default().push(e);
     }
     for copies in by_key.values() {
-        assert!(copies.windows(2).all(|w| w[0] == w[1]), "duplicates differ: {copies:?}");
+        assert!(
+            copies.windows(2).all(|w| w[0] == w[1]),
+            "duplicates differ: {copies:?}"
+        );
     }
     drop(restarted);
 }
