@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::daemon::{self, DaemonError, MqttSink};
 use crate::features::{extract_paths, list_images};
 use crate::fit::make_artifact;
-use crate::model::{Dfkde, FitConfig};
+use crate::model::{Dfkde, FitConfig, FitInfo, GaussianKde};
 use crate::pipeline::{lock, LoadedModel, Sink, StageTimes};
 use crate::preprocess::PreprocessConfig;
 use crate::publish::Publisher;
@@ -58,13 +58,14 @@ fn stat(mut v: Vec<u64>) -> Stat {
     }
 }
 
-/// Peak resident set size of this process (VmHWM), MB.
-pub fn peak_rss_mb() -> f64 {
+/// Resident set size of this process now (VmRSS), MB. Sampled during the measured run:
+/// the process-lifetime peak (VmHWM) would include the bench's own model set-up.
+pub fn current_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<f64>().ok())
         })
@@ -88,23 +89,39 @@ fn bench_model(backbone: &Path, data: &Path, points: usize, out: &Path) -> Resul
     let feats = extract_paths(&mut bb, pre, take, "bench model").map_err(rt_err)?;
     let d = info.feature_dim;
     let n = take.len();
-    let mut rows = Vec::with_capacity(points.max(n) * d);
+    // PCA and scaling from the real features; the KDE's stored set tiled up to `points`
+    // rows with small jitter in the 16-d space (never a points × D matrix in memory).
+    let cfg = FitConfig::default();
+    let base = Dfkde::fit(&feats, n, d, &cfg).map_err(rt_err)?;
+    let k = base.n_components();
+    let mut embedded = vec![0.0f64; n * k];
+    for (i, row) in embedded.chunks_exact_mut(k).enumerate() {
+        base.embed_into(&feats[i * d..(i + 1) * d], row)
+            .map_err(rt_err)?;
+    }
+    let points = points.max(n);
+    let mut y = Vec::with_capacity(points * k);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for i in 0..points.max(n) {
-        let src = &feats[(i % n) * d..(i % n + 1) * d];
-        for &v in src {
+    for i in 0..points {
+        for &v in &embedded[(i % n) * k..(i % n + 1) * k] {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let jitter = ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 0.02;
-            rows.push(v + if i < n { 0.0 } else { jitter });
+            let jitter = ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.02;
+            y.push(v + if i < n { 0.0 } else { jitter });
         }
     }
-    let cfg = FitConfig {
-        max_training_points: points.max(n),
-        ..FitConfig::default()
+    let kde = GaussianKde::fit(&y, points, k).map_err(rt_err)?;
+    let model = Dfkde {
+        kde,
+        info: FitInfo {
+            n_input: points,
+            n_fit: points,
+            seed: cfg.seed,
+            subsampled: false,
+        },
+        ..base
     };
-    let model = Dfkde::fit(&rows, points.max(n), d, &cfg).map_err(rt_err)?;
     let th = crate::artifact::ThresholdMeta {
         rule: crate::artifact::ThresholdRule::AnomalibDefault,
         log_density: 12.0,
@@ -144,7 +161,7 @@ pub fn bench(
     let mut results = Vec::new();
     for &w in workers {
         let text = format!(
-            "node = \"bench\"\nstate_dir = {st:?}\n[inference]\nbackbone = {bb:?}\nworkers = {w}\n[mqtt]\nurl = {url:?}\n[[camera]]\nid = \"cam1\"\nmodel = {m:?}\n[camera.source]\ntype = \"folder\"\npath = {d:?}\nfps = 0\nloop = true\n",
+            "node = \"bench\"\nstate_dir = {st:?}\n[inference]\nbackbone = {bb:?}\nworkers = {w}\n[mqtt]\nurl = {url:?}\n[[camera]]\nid = \"cam1\"\nmodel = {m:?}\n[camera.source]\ntype = \"folder\"\npath = {d:?}\nfps = 200\nloop = true\n",
             st = state.display().to_string(),
             bb = backbone.display().to_string(),
             m = model.display().to_string(),
@@ -181,7 +198,11 @@ pub fn bench(
             lock(t).clear();
         }
         let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(seconds));
+        let mut rss_max = current_rss_mb();
+        while t0.elapsed().as_secs_f64() < seconds {
+            std::thread::sleep(Duration::from_millis(100));
+            rss_max = rss_max.max(current_rss_mb());
+        }
         let elapsed = t0.elapsed().as_secs_f64();
         let times: Vec<StageTimes> = running
             .pipeline
@@ -212,7 +233,7 @@ pub fn bench(
             score: stat(col(|t| t.score_us)),
             publish: stat(col(|t| t.publish_us)),
             latency: stat(col(|t| t.total_us)),
-            peak_rss_mb: peak_rss_mb(),
+            peak_rss_mb: rss_max,
         });
     }
     let _ = std::fs::remove_dir_all(&state);

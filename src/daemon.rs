@@ -139,13 +139,17 @@ pub fn start_pipeline(
             m.artifact.meta.preprocessing.height,
         )
     });
-    let mut backbones = Vec::new();
-    for _ in 0..config.inference.workers {
+    let first = TractBackbone::load(&config.inference.backbone, 1, size)
+        .map_err(|e| cfg_err(format!("inference.backbone: {e}")))?;
+    let mut backbones = Vec::with_capacity(config.inference.workers);
+    for _ in 1..config.inference.workers {
         backbones.push(
-            TractBackbone::load(&config.inference.backbone, 1, size)
-                .map_err(|e| cfg_err(format!("inference.backbone: {e}")))?,
+            first
+                .fork()
+                .map_err(|e| DaemonError::Runtime(e.to_string()))?,
         );
     }
+    backbones.push(first);
     let mut cameras = Vec::new();
     for (cam, model) in config.cameras.iter().zip(models) {
         let slot = Arc::new(FrameSlot::new());

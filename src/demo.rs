@@ -47,8 +47,8 @@ id = 0
 [router]
 max_connections = 64
 max_outgoing_packet_count = 200
-max_segment_size = 104857600
-max_segment_count = 10
+max_segment_size = 4194304
+max_segment_count = 2
 [v4.1]
 name = "v4-1"
 listen = "127.0.0.1:{port}"

@@ -292,6 +292,9 @@ fn load_model(
 
 fn cmd_fit(a: FitArgs) -> Result<()> {
     let (art, _, _) = fit_folder(&a.train, &a.backbone, &a.params)?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     art.save(&a.out)?;
     let m = &art.meta;
     eprintln!(

@@ -162,3 +162,25 @@ fn models_with_two_inputs_are_refused_at_load_time() {
     assert!(matches!(err, BackboneError::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("one input"), "{err}");
 }
+
+#[test]
+fn forked_instances_share_the_graph_and_give_identical_features() {
+    let bb = TractBackbone::load(
+        &common::repo_path("models/efficientnet_lite0_pooled.onnx"),
+        1,
+        None,
+    )
+    .expect("load");
+    let mut a = bb.fork().expect("fork");
+    let mut b = bb;
+    assert!(
+        std::sync::Arc::ptr_eq(a.plan(), b.plan()),
+        "one optimised graph for all workers"
+    );
+    let input = common::read_npy(&common::repo_path("tests/fixtures/effnet_input.npy")).f32();
+    let (fa, fb) = (
+        a.extract_one(&input).expect("a"),
+        b.extract_one(&input).expect("b"),
+    );
+    assert_eq!(fa, fb);
+}

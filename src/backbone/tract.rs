@@ -175,6 +175,21 @@ impl TractBackbone {
         })
     }
 
+    /// Another instance sharing this one's optimised graph and weights (one per inference
+    /// worker: only the activation buffers are per instance).
+    pub fn fork(&self) -> Result<TractBackbone, BackboneError> {
+        let state = self
+            .plan
+            .spawn()
+            .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
+        Ok(TractBackbone {
+            info: self.info.clone(),
+            plan: self.plan.clone(),
+            state,
+            pools: self.pools.clone(),
+        })
+    }
+
     /// The optimised tract graph (for profiling and op listings).
     pub fn plan(&self) -> &Arc<Plan> {
         &self.plan
