@@ -517,3 +517,39 @@ fn every_event_arrives_at_least_once_across_broker_and_daemon_kills() {
     }
     drop(restarted);
 }
+
+#[test]
+fn environment_variables_override_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_model, frames) = setup(dir.path());
+    let config = write_config(dir.path(), 1883, &frames, "");
+    let check = |envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.args(["check-config", config.to_str().expect("p")]);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run")
+    };
+    let out = check(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node 'testnode'"));
+    let out = check(&[("VIGIL__NODE", "line7")]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("node 'line7'"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = check(&[("VIGIL__MQTT__URL", "ftp://nowhere")]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ftp"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
