@@ -8,9 +8,14 @@ use std::io::IsTerminal;
 /// Install the logger. `filter` uses tracing-subscriber's syntax (`info`, `vigil=debug`);
 /// `$VIGIL_LOG` / `$RUST_LOG` override it.
 pub fn init(filter: &str) {
-    let spec = std::env::var("VIGIL_LOG")
+    let mut spec = std::env::var("VIGIL_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| filter.to_string());
+    if !spec.contains("rumqttd") {
+        // The embedded broker (demo, bench) logs every connection, and its start-up
+        // probe as an error; name `rumqttd=…` in the filter to see them.
+        spec.push_str(",rumqttd=off");
+    }
     if systemd_journal_logger::connected_to_journal() {
         if let Ok(journal) = systemd_journal_logger::JournalLog::new() {
             if journal

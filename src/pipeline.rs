@@ -121,26 +121,20 @@ impl CameraRuntime {
     /// Replace detector settings (an open event is closed first).
     pub fn set_detector(&self, det: Detector, sink: &dyn Sink) {
         let mut d = lock(&self.detector);
-        let model = self.current_model();
-        if let Some(ev) = d.det.force_end(
-            SystemTime::now(),
-            &model.artifact.meta.model_id,
-            self.threshold(&model),
-        ) {
-            sink.event(&self.cfg.id, &ev);
-        }
+        self.force_end(&mut d, sink);
         d.det = det;
     }
 
     /// Close an open event (camera disabled or shutting down).
     pub fn end_open_event(&self, sink: &dyn Sink) {
         let mut d = lock(&self.detector);
+        self.force_end(&mut d, sink);
+    }
+
+    fn force_end(&self, d: &mut DetectorState, sink: &dyn Sink) {
         let model = self.current_model();
-        if let Some(ev) = d.det.force_end(
-            SystemTime::now(),
-            &model.artifact.meta.model_id,
-            self.threshold(&model),
-        ) {
+        let (id, threshold) = (&model.artifact.meta.model_id, self.threshold(&model));
+        if let Some(ev) = d.det.force_end(SystemTime::now(), id, threshold) {
             sink.event(&self.cfg.id, &ev);
         }
     }

@@ -184,16 +184,7 @@ fn decode_jpeg_reduced(bytes: &[u8], cfg: &PreprocessConfig) -> Option<RgbF32> {
             .iter()
             .map(|&v| F32x3::new([f32::from(v) / 255.0; 3]))
             .collect(),
-        jpeg_decoder::PixelFormat::RGB24 if data.len() >= 3 * n => data[..3 * n]
-            .chunks_exact(3)
-            .map(|c| {
-                F32x3::new([
-                    f32::from(c[0]) / 255.0,
-                    f32::from(c[1]) / 255.0,
-                    f32::from(c[2]) / 255.0,
-                ])
-            })
-            .collect(),
+        jpeg_decoder::PixelFormat::RGB24 if data.len() >= 3 * n => rgb8_to_f32(&data[..3 * n]),
         _ => return None,
     };
     Some(RgbF32 {
@@ -214,8 +205,16 @@ pub fn from_rgb8(data: &[u8], width: u32, height: u32) -> Result<RgbF32, Preproc
             need,
         });
     }
-    let pixels = data
-        .chunks_exact(3)
+    let pixels = rgb8_to_f32(data);
+    Ok(RgbF32 {
+        width,
+        height,
+        pixels,
+    })
+}
+
+fn rgb8_to_f32(data: &[u8]) -> Vec<F32x3> {
+    data.chunks_exact(3)
         .map(|c| {
             F32x3::new([
                 f32::from(c[0]) / 255.0,
@@ -223,12 +222,7 @@ pub fn from_rgb8(data: &[u8], width: u32, height: u32) -> Result<RgbF32, Preproc
                 f32::from(c[2]) / 255.0,
             ])
         })
-        .collect();
-    Ok(RgbF32 {
-        width,
-        height,
-        pixels,
-    })
+        .collect()
 }
 
 /// Reusable resize + normalise stage (keeps its buffers between frames).
