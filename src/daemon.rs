@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::artifact::Artifact;
-use crate::backbone::{file_sha256, TractBackbone};
+use crate::backbone::{file_sha256, Backbone, TractBackbone};
 use crate::config::{CameraConfig, Config};
 use crate::detector::Detector;
 use crate::messages::{timestamp, Event, Health, KnobState, State, SCHEMA_HEALTH, SCHEMA_KNOB};
@@ -123,6 +123,8 @@ pub struct Running {
     captures: Vec<CaptureHandle>,
     workers: Vec<Worker>,
     pub started: Instant,
+    /// SHA-256 of the backbone the workers run (a reload cannot change it).
+    pub backbone_sha: String,
 }
 
 /// Start sources and workers for `config` with already loaded models.
@@ -149,6 +151,7 @@ pub fn start_pipeline(
                 .map_err(|e| DaemonError::Runtime(e.to_string()))?,
         );
     }
+    let backbone_sha = first.info().sha256.clone();
     backbones.push(first);
     let mut cameras = Vec::new();
     for (cam, model) in config.cameras.iter().zip(models) {
@@ -188,6 +191,7 @@ pub fn start_pipeline(
         captures,
         workers,
         started: Instant::now(),
+        backbone_sha,
     })
 }
 
@@ -329,6 +333,14 @@ fn reload(path: &Path, running: &Running) {
             return;
         }
     };
+    if checked.backbone_sha != running.backbone_sha {
+        tracing::error!(
+            running = %running.backbone_sha,
+            configured = %checked.backbone_sha,
+            "reload refused: the backbone changed (restart vigil to switch backbones)"
+        );
+        return;
+    }
     let p = &running.pipeline;
     for (cam, model) in checked.config.cameras.iter().zip(checked.models) {
         let Some(rt) = p.cameras.iter().find(|c| c.cfg.id == cam.id) else {
