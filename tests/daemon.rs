@@ -553,3 +553,79 @@ fn environment_variables_override_the_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_stalled_camera_is_reported_over_mqtt_and_recovers() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let fifo = dir.path().join("camera.mjpeg");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let text = std::fs::read_to_string(&config).expect("read");
+    let start = text.find("[camera.source]").expect("source");
+    let end = text.find("[camera.detector]").expect("detector");
+    let source = format!(
+        "[camera.source]\ntype = \"video\"\nurl = \"{}\"\nwidth = 320\nheight = 240\nrealtime = false\nextra_args = [\"-f\", \"mjpeg\"]\n",
+        fifo.display()
+    );
+    let text = format!("{}{}{}", &text[..start], source, &text[end..]).replace(
+        "[health]\ninterval_s = 1\n",
+        "[health]\ninterval_s = 0.5\nstall_timeout_s = 2\n",
+    );
+    std::fs::write(&config, text).expect("write");
+
+    let msgs = subscribe(broker.port, "vigil/testnode/cam1/health");
+    let mut daemon = spawn_daemon(&config);
+    // The camera: JPEGs into the pipe at ~8 fps, a 6 s silence (pipe kept open), then more.
+    let images: Vec<Vec<u8>> = list_images(&frames)
+        .expect("frames")
+        .iter()
+        .map(|p| std::fs::read(p).expect("jpg"))
+        .collect();
+    let writer = std::thread::spawn(move || {
+        let mut pipe = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("open fifo");
+        let mut send = |secs: f64| {
+            let t0 = Instant::now();
+            let mut i = 0;
+            while t0.elapsed().as_secs_f64() < secs {
+                let _ = pipe.write_all(&images[i % images.len()]);
+                let _ = pipe.flush();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(120));
+            }
+        };
+        send(8.0);
+        std::thread::sleep(Duration::from_secs(6));
+        send(12.0);
+    });
+    let states = |m: &[(String, Vec<u8>)]| -> Vec<String> {
+        json_of(m, "/health")
+            .iter()
+            .filter_map(|h| h["state"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_for(
+        &msgs,
+        "health ok, then stalled, then ok again",
+        Duration::from_secs(60),
+        |m| {
+            let s = states(m);
+            let ok1 = s.iter().position(|x| x == "ok");
+            let stalled =
+                ok1.and_then(|i| s[i..].iter().position(|x| x == "stalled").map(|j| i + j));
+            stalled.is_some_and(|j| s[j..].iter().any(|x| x == "ok"))
+        },
+    );
+    let _ = writer.join();
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+}
