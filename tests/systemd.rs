@@ -12,6 +12,10 @@ fn unit_with_binary(dir: &std::path::Path) -> std::path::PathBuf {
     assert!(unit.contains("RestartPreventExitStatus=78"));
     assert!(unit.contains("ExecStartPre=/usr/bin/vigil check-config"));
     assert!(unit.contains("WatchdogSec="));
+    assert!(
+        unit.contains("MALLOC_ARENA_MAX=2"),
+        "keeps RSS within the 120 MB budget with 2 workers"
+    );
     let text = unit.replace("/usr/bin/vigil", env!("CARGO_BIN_EXE_vigil"));
     let path = dir.join("vigil.service");
     std::fs::write(&path, text).expect("write");
