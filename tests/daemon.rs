@@ -629,3 +629,73 @@ fn a_stalled_camera_is_reported_over_mqtt_and_recovers() {
     signal(&daemon, "TERM");
     assert!(daemon.wait().expect("wait").success());
 }
+
+#[test]
+fn systemd_notify_sends_ready_status_and_feeds_the_watchdog_only_while_frames_flow() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    // 36 frames at 10 fps, then the folder ends; the watchdog must go quiet 2 s later.
+    let text = std::fs::read_to_string(&config).expect("read").replace(
+        "[health]\ninterval_s = 1\n",
+        "[health]\ninterval_s = 1\nwatchdog_frame_age_s = 2\n",
+    );
+    std::fs::write(&config, text).expect("write");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let log = std::fs::File::create(dir.path().join("notify-daemon.log")).expect("log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config", config.to_str().expect("utf8")])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1500000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn");
+    let mut got: Vec<(Instant, String)> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    let mut ready_at = None;
+    while t0.elapsed() < Duration::from_secs(90) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if msg.contains("READY=1") && ready_at.is_none() {
+                ready_at = Some(Instant::now());
+            }
+            got.push((Instant::now(), msg));
+        }
+        if ready_at.is_some_and(|r| r.elapsed() > Duration::from_secs(14)) {
+            break;
+        }
+    }
+    let ready_at = ready_at.expect("READY=1 sent");
+    let pings: Vec<Instant> = got
+        .iter()
+        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(pings.len() >= 3, "watchdog fed while frames flow: {got:?}");
+    let last = *pings.last().expect("ping");
+    assert!(
+        last.duration_since(ready_at) < Duration::from_secs(11),
+        "pings must stop once frames stop"
+    );
+    assert!(
+        got.iter()
+            .any(|(_, m)| m.contains("STATUS=") && m.contains("cam1:")),
+        "{got:?}"
+    );
+    signal(&daemon, "TERM");
+    let t1 = Instant::now();
+    let mut stopping = false;
+    while t1.elapsed() < Duration::from_secs(10) && !stopping {
+        if let Ok(n) = sock.recv(&mut buf) {
+            stopping = String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+    assert!(daemon.wait().expect("wait").success());
+}
