@@ -55,14 +55,8 @@ pub struct InferenceConfig {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        let system = PathBuf::from("/usr/share/vigil/models/efficientnet_lite0_pooled.onnx");
-        let backbone = if system.exists() {
-            system
-        } else {
-            PathBuf::from("models/efficientnet_lite0_pooled.onnx")
-        };
         InferenceConfig {
-            backbone,
+            backbone: crate::backbone::default_backbone_path(),
             workers: 1,
         }
     }

@@ -15,9 +15,6 @@ use vigil::model::metrics::roc_curve;
 use vigil::model::{pred_score, Dfkde, FitConfig, Scaling};
 use vigil::preprocess::{Normalization, PreprocessConfig};
 
-/// The shipped backbone, relative to the working directory (then to the source tree).
-const DEFAULT_BACKBONE: &str = "models/efficientnet_lite0_pooled.onnx";
-
 #[derive(Parser)]
 #[command(
     name = "vigil",
@@ -220,18 +217,8 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
 }
 
 fn resolve_backbone(p: &Option<PathBuf>) -> PathBuf {
-    if let Some(p) = p {
-        return p.clone();
-    }
-    let cwd = PathBuf::from(DEFAULT_BACKBONE);
-    if cwd.exists() {
-        return cwd;
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_BACKBONE);
-    if src.exists() {
-        return src;
-    }
-    cwd
+    p.clone()
+        .unwrap_or_else(vigil::backbone::default_backbone_path)
 }
 
 fn load_backbone(args: &BackboneArgs) -> Result<(TractBackbone, PreprocessConfig)> {

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use image::ImageEncoder;
+
 use crate::artifact::Artifact;
 use crate::backbone::{Backbone, TractBackbone};
 use crate::config::CameraConfig;
@@ -370,5 +372,3 @@ fn snapshot_jpeg(frame: &Frame, img: &RgbF32) -> Option<Vec<u8>> {
         .ok()?;
     Some(out)
 }
-
-use image::ImageEncoder;

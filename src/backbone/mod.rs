@@ -74,6 +74,24 @@ pub trait Backbone: Send {
     }
 }
 
+/// The shipped backbone, relative to the working directory.
+pub const DEFAULT_BACKBONE: &str = "models/efficientnet_lite0_pooled.onnx";
+/// Where packages install it.
+pub const SYSTEM_BACKBONE: &str = "/usr/share/vigil/models/efficientnet_lite0_pooled.onnx";
+
+/// The default backbone: the installed one if present, else [`DEFAULT_BACKBONE`] relative
+/// to the working directory, else the source tree's copy (development builds).
+pub fn default_backbone_path() -> PathBuf {
+    [
+        PathBuf::from(SYSTEM_BACKBONE),
+        PathBuf::from(DEFAULT_BACKBONE),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_BACKBONE),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKBONE))
+}
+
 /// Hex SHA-256 of a byte string.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);

@@ -226,10 +226,18 @@ impl Backbone for TractBackbone {
                 width: w,
             });
         }
-        // A partial batch is zero-padded (rows are independent in eval mode).
-        let mut data = vec![0.0f32; b * per];
-        data[..input.len()].copy_from_slice(input);
-        let tensor = Tensor::from_shape(&[b, 3, h, w], &data)
+        // A full batch is copied once into the tensor; a partial one is zero-padded first
+        // (rows are independent in eval mode).
+        let padded;
+        let data = if images == b {
+            input
+        } else {
+            let mut v = vec![0.0f32; b * per];
+            v[..input.len()].copy_from_slice(input);
+            padded = v;
+            &padded[..]
+        };
+        let tensor = Tensor::from_shape(&[b, 3, h, w], data)
             .map_err(|e| BackboneError::Run(format!("{e:#}")))?;
         let result = self
             .state
