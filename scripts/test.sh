@@ -24,5 +24,5 @@ if [ "${VIGIL_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --all-targets --locked

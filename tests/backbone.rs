@@ -36,6 +36,51 @@ fn efficientnet_lite0_matches_onnxruntime() {
 }
 
 #[test]
+fn depthwise_convolutions_run_channel_inner_with_a_vectorised_kernel() {
+    // tract moves depthwise convolutions of 16+ channels channel-last when the host has a
+    // channel-inner kernel: its NEON one on aarch64, vigil's AVX2 one (crates/vigil-kernels)
+    // on x86_64. Without it (before vigil registered one) they ran [C, H, W] through a
+    // scalar loop at ~5 GFLOP/s.
+    #[cfg(target_arch = "x86_64")]
+    assert!(
+        vigil_kernels::registered().contains(&"vigil_avx2_depthwise_c_f32"),
+        "AVX2 depthwise kernel not resolved on this host: {:?}",
+        vigil_kernels::registered()
+    );
+    let bb = TractBackbone::load(
+        &common::repo_path("models/efficientnet_lite0_pooled.onnx"),
+        1,
+        None,
+    )
+    .expect("load");
+    let model = bb.plan().model();
+    let shapes: Vec<Vec<usize>> = model
+        .nodes
+        .iter()
+        .filter(|n| n.op().name() == "DepthWiseConv")
+        .map(|n| {
+            let fact = model.outlet_fact(n.id.into()).expect("fact");
+            fact.shape.as_concrete().expect("concrete").to_vec()
+        })
+        .collect();
+    assert_eq!(
+        shapes.len(),
+        16,
+        "EfficientNet-Lite0 has 16 depthwise convolutions"
+    );
+    // Square feature maps: [H, W, C] ends in C ≠ W, [C, H, W] ends in H = W. All but the
+    // first (32 channels at 112², which tract keeps W-inner) run channel-last.
+    let channel_last = shapes
+        .iter()
+        .filter(|s| s[s.len() - 1] != s[s.len() - 2])
+        .count();
+    assert!(
+        channel_last >= 15,
+        "{channel_last} of 16 channel-last: {shapes:?}"
+    );
+}
+
+#[test]
 fn symbolic_batch_runs_several_images_at_once() {
     let mut bb = TractBackbone::load(
         &common::repo_path("models/efficientnet_lite0_pooled.onnx"),

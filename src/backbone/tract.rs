@@ -151,6 +151,11 @@ impl TractBackbone {
                 }
             });
         }
+        // vigil's x86_64 kernels (crates/vigil-kernels) are registered with tract before it
+        // optimises: with a channel-inner depthwise kernel on the host, tract's optimiser
+        // moves depthwise convolutions channel-last (as it does on aarch64 with its NEON one).
+        let kernels = vigil_kernels::registered();
+        tracing::debug!(?kernels, "vigil kernels tract resolves to on this host");
         let plan = typed
             .into_optimized()
             .map_err(load_err)?
