@@ -61,9 +61,25 @@ enum Command {
     /// Full pipeline on a folder as fast as possible, for 1 and N workers: frames/s,
     /// per-stage median/p99, capture→publish latency, peak RSS.
     Bench {
-        /// Folder of images (looped).
+        /// Folder of images (looped). Not used with --backbone-only.
+        #[arg(long, required_unless_present = "backbone_only")]
+        data: Option<PathBuf>,
+        /// Time the backbone alone on a fixed input tensor (one JSON line with --json,
+        /// `backbone_ms_median` included): the figure scripts/bench_backbone_side_by_side.sh
+        /// compares with onnxruntime's.
         #[arg(long)]
-        data: PathBuf,
+        backbone_only: bool,
+        /// With --backbone-only: backbone instances running in parallel, one per thread
+        /// (vigil's inference workers).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// With --backbone-only: the input, a float32 .npy of the backbone's input shape
+        /// (default: a fixed pseudo-random tensor).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// With --backbone-only: also time every tract operator (per type, per frame).
+        #[arg(long)]
+        profile: bool,
         /// Worker counts to measure, comma-separated.
         #[arg(long, default_value = "1,2", value_delimiter = ',')]
         workers: Vec<usize>,
@@ -418,6 +434,42 @@ fn cmd_info(model: &Path) -> Result<()> {
     Ok(())
 }
 
+fn bench_backbone_only(
+    backbone: &Path,
+    input: Option<&Path>,
+    threads: usize,
+    seconds: f64,
+    profile: bool,
+    json: bool,
+) -> ExitCode {
+    let r = match vigil::bench::backbone::bench_backbone(backbone, input, threads, seconds, profile)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "tract, {} thread(s): {:.2} frames/s | backbone median {:.2} ms, p99 {:.2}, min {:.2} | {} frames | vigil kernels {:?}",
+        r.threads, r.fps, r.backbone_ms_median, r.backbone_ms_p99, r.backbone_ms_min, r.frames, r.kernels
+    );
+    if !r.profile.is_empty() {
+        println!("{:<28}{:>6}{:>12}{:>8}{:>10}{:>10}", "op", "nodes", "ms/frame", "share", "MFMA", "GFMA/s");
+        for o in &r.profile {
+            println!(
+                "{:<28}{:>6}{:>12.3}{:>7.1}%{:>10.1}{:>10.1}",
+                o.op, o.nodes, o.ms_per_frame, 100.0 * o.share, o.mfma, o.gfma_per_s
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn daemon_exit(r: Result<(), vigil::daemon::DaemonError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -464,6 +516,10 @@ fn main() -> ExitCode {
         }
         Command::Bench {
             data,
+            backbone_only,
+            threads,
+            input,
+            profile,
             workers,
             seconds,
             kde_points,
@@ -471,6 +527,20 @@ fn main() -> ExitCode {
             json,
         } => {
             vigil::logging::init("warn");
+            if backbone_only {
+                return bench_backbone_only(
+                    &resolve_backbone(&backbone),
+                    input.as_deref(),
+                    threads,
+                    seconds,
+                    profile,
+                    json,
+                );
+            }
+            let Some(data) = data else {
+                eprintln!("error: --data is required without --backbone-only");
+                return ExitCode::from(2);
+            };
             let r = vigil::bench::bench(
                 &data,
                 &resolve_backbone(&backbone),

@@ -1,7 +1,9 @@
 //! `vigil bench`: the full pipeline (folder source → decode → resize → backbone → PCA/KDE
 //! at 40 000 points → detector → MQTT publish to an embedded broker) as fast as it goes,
 //! for 1 and N inference workers: frames/s, per-stage median and p99, capture→publish
-//! latency, peak RSS.
+//! latency, peak RSS. [`backbone`]: the backbone alone (`--backbone-only`).
+
+pub mod backbone;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
