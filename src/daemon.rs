@@ -44,14 +44,16 @@ fn cfg_err(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::Config(e.to_string())
 }
 
-/// Load one camera's model and check it against the backbone in use.
+/// Load one camera's model (the model store's `current` version, else the configured file)
+/// and check it against the backbone in use.
 pub fn load_camera_model(
     cam: &CameraConfig,
     state_dir: &Path,
     backbone: &Path,
     sha: &str,
 ) -> Result<LoadedModel, DaemonError> {
-    let path = cam.model_path(state_dir);
+    let path = crate::store::camera_model_path(cam, state_dir)
+        .map_err(|e| cfg_err(format!("camera {}: {e}", cam.id)))?;
     let artifact = Artifact::load(&path).map_err(|e| cfg_err(format!("camera {}: {e}", cam.id)))?;
     artifact
         .check_backbone(&path, sha, backbone)

@@ -6,6 +6,7 @@
 pub mod artifact;
 pub mod backbone;
 pub mod bench;
+pub mod calibrate;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -22,3 +23,4 @@ pub mod plots;
 pub mod preprocess;
 pub mod publish;
 pub mod source;
+pub mod store;

@@ -15,7 +15,7 @@ use crate::detector::{Detector, Observation};
 use crate::frame::{Frame, Pixels};
 use crate::messages::{timestamp, Event, Health, State, SCHEMA_STATE};
 use crate::model::Workspace;
-use crate::preprocess::{self, Preprocessor, RgbF32};
+use crate::preprocess::{Preprocessor, RgbF32};
 use crate::source::FrameSlot;
 
 /// Where the pipeline's output goes (MQTT in the daemon, memory in tests and `bench`).
@@ -260,16 +260,8 @@ fn process(
 ) -> Result<(), String> {
     let t0 = Instant::now();
     let origin = frame.origin.as_deref().unwrap_or("frame");
-    let img: RgbF32 = match &frame.pixels {
-        Pixels::Encoded { data } => {
-            preprocess::decode_for_input(data, origin, pre.config()).map_err(|e| e.to_string())?
-        }
-        Pixels::Rgb8 {
-            width,
-            height,
-            data,
-        } => preprocess::from_rgb8(data, *width, *height).map_err(|e| e.to_string())?,
-    };
+    let img: RgbF32 = crate::features::decode_pixels(&frame.pixels, origin, pre.config())
+        .map_err(|e| e.to_string())?;
     let t1 = Instant::now();
     pre.run(&img, tensor).map_err(|e| e.to_string())?;
     let t2 = Instant::now();
