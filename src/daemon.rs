@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::artifact::Artifact;
 use crate::backbone::{file_sha256, Backbone, TractBackbone};
+use crate::calibrator::{Calibrator, CaptureProbe};
 use crate::config::{CameraConfig, Config};
 use crate::detector::Detector;
 use crate::messages::{timestamp, Event, Health, KnobState, State, SCHEMA_HEALTH, SCHEMA_KNOB};
@@ -127,6 +128,8 @@ pub struct Running {
     pub started: Instant,
     /// SHA-256 of the backbone the workers run (a reload cannot change it).
     pub backbone_sha: String,
+    /// A fork of the workers' backbone for calibrations (taken by the daemon).
+    pub spare_backbone: Option<TractBackbone>,
 }
 
 /// Start sources and workers for `config` with already loaded models.
@@ -154,6 +157,11 @@ pub fn start_pipeline(
         );
     }
     let backbone_sha = first.info().sha256.clone();
+    let spare_backbone = Some(
+        first
+            .fork()
+            .map_err(|e| DaemonError::Runtime(e.to_string()))?,
+    );
     backbones.push(first);
     let mut cameras = Vec::new();
     for (cam, model) in config.cameras.iter().zip(models) {
@@ -194,10 +202,19 @@ pub fn start_pipeline(
         workers,
         started: Instant::now(),
         backbone_sha,
+        spare_backbone,
     })
 }
 
 impl Running {
+    /// Why a camera's capture has ended for good, for calibrations waiting on its frames.
+    pub fn capture_probe(&self, camera: &str) -> Option<CaptureProbe> {
+        self.captures
+            .iter()
+            .find(|c| c.camera() == camera)
+            .map(|c| Box::new(c.shared_health()) as CaptureProbe)
+    }
+
     /// Health of each camera, as published.
     pub fn health(&self, interval: Duration, last_scored: &mut [u64]) -> Vec<Health> {
         let now = std::time::SystemTime::now();
@@ -213,7 +230,9 @@ impl Running {
                 let fps = (scored.saturating_sub(last_scored[i])) as f64
                     / interval.as_secs_f64().max(1e-3);
                 last_scored[i] = scored;
-                let state = if !c.enabled.load(Ordering::Relaxed) {
+                let state = if c.is_calibrating() {
+                    "calibrating".to_string()
+                } else if !c.enabled.load(Ordering::Relaxed) {
                     "disabled".to_string()
                 } else {
                     h.state.as_str().to_string()
@@ -259,7 +278,7 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(states);
 }
 
-fn knob(
+pub(crate) fn knob(
     node: &str,
     camera: &str,
     name: &str,
@@ -280,7 +299,12 @@ fn knob(
 }
 
 /// Apply one remote command.
-fn handle_command(cmd: Command, running: &Running, publisher: &Publisher) {
+fn handle_command(
+    cmd: Command,
+    running: &Running,
+    publisher: &Publisher,
+    calibrator: &Arc<Calibrator>,
+) {
     let p = &running.pipeline;
     let find = |id: &str| p.cameras.iter().find(|c| c.cfg.id == id).cloned();
     match cmd {
@@ -310,17 +334,13 @@ fn handle_command(cmd: Command, running: &Running, publisher: &Publisher) {
                 );
             }
         }
-        Command::Calibrate { camera, .. } => {
-            let _ = publisher.publish_knob_state(
-                &camera,
-                &knob(
-                    &p.node,
-                    &camera,
-                    "calibrate",
-                    "idle".into(),
-                    Some("remote calibration is not available in this version".into()),
-                ),
-            );
+        Command::Calibrate { camera, payload } => {
+            let (Some(c), Some(probe)) = (find(&camera), running.capture_probe(&camera)) else {
+                return;
+            };
+            if let Err(reason) = calibrator.start(c, probe, &payload) {
+                calibrator.refuse(&camera, &reason);
+            }
         }
     }
 }
@@ -405,7 +425,22 @@ pub async fn serve(
     let prefix = config.mqtt.prefix.clone();
     let node = config.node.clone();
     let topic = move |cam: &str| format!("{prefix}/{node}/{cam}/snapshot");
-    let running = start_pipeline(&config, models, sink, &topic, false)?;
+    let mut running = start_pipeline(&config, models, sink.clone(), &topic, false)?;
+    let spare = running
+        .spare_backbone
+        .take()
+        .ok_or_else(|| DaemonError::Runtime("no backbone for calibrations".into()))?;
+    let cam_ids: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
+    let calibrator = Arc::new(Calibrator::new(
+        &config.node,
+        config.state_dir.clone(),
+        config.calibration.clone(),
+        spare,
+        Some(publisher.clone()),
+        sink,
+        &cam_ids,
+    ));
+    calibrator.publish_all();
 
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
@@ -441,7 +476,7 @@ pub async fn serve(
                     notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
-            Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher),
+            Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher, &calibrator),
             _ = health_tick.tick() => {
                 for h in running.health(interval, &mut last_scored) {
                     let _ = publisher.publish_health(&h.camera, &h);
@@ -463,10 +498,15 @@ pub async fn serve(
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     let pipeline = running.pipeline.clone();
-    tokio::task::spawn_blocking(move || running.stop())
-        .await
-        .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let cal = calibrator.clone();
+    tokio::task::spawn_blocking(move || {
+        cal.shutdown();
+        running.stop()
+    })
+    .await
+    .map_err(|e| DaemonError::Runtime(e.to_string()))?;
     drop(pipeline);
+    drop(calibrator);
     match Arc::try_unwrap(publisher) {
         Ok(p) => p.shutdown().await,
         Err(_) => tracing::warn!("publisher still shared at shutdown; outbox kept on disk"),

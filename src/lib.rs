@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod backbone;
 pub mod bench;
 pub mod calibrate;
+pub mod calibrator;
 pub mod config;
 pub mod daemon;
 pub mod demo;
