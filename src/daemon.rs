@@ -12,6 +12,7 @@ use crate::artifact::Artifact;
 use crate::backbone::{file_sha256, Backbone, TractBackbone};
 use crate::calibrator::{Calibrator, CaptureProbe};
 use crate::config::{CameraConfig, Config};
+use crate::control;
 use crate::detector::Detector;
 use crate::messages::{timestamp, Event, Health, KnobState, State, SCHEMA_HEALTH, SCHEMA_KNOB};
 use crate::pipeline::{lock, spawn_workers, CameraRuntime, LoadedModel, Pipeline, Sink, Worker};
@@ -345,6 +346,100 @@ fn handle_command(
     }
 }
 
+/// Answer one control-socket request.
+fn handle_control(
+    inc: control::Incoming,
+    running: &Running,
+    calibrator: &Arc<Calibrator>,
+    config: &Config,
+) {
+    let p = &running.pipeline;
+    let find = |id: &str| p.cameras.iter().find(|c| c.cfg.id == id).cloned();
+    let unknown =
+        |id: &str| control::Reply::Once(control::error_line(&format!("no camera `{id}`")));
+    let reply = match inc.request {
+        control::Request::Calibrate {
+            camera,
+            frames,
+            interval_s,
+            quantile,
+        } => match (find(&camera), running.capture_probe(&camera)) {
+            (Some(c), Some(probe)) => {
+                let req = crate::calibrate::CalibrateRequest {
+                    frames,
+                    interval_s,
+                    quantile,
+                };
+                let payload = serde_json::to_value(&req).unwrap_or(serde_json::Value::Null);
+                match calibrator.start(c, probe, &payload) {
+                    Ok(rx) => control::Reply::Calibration(rx),
+                    Err(reason) => {
+                        calibrator.refuse(&camera, &reason);
+                        control::Reply::Once(control::error_line(&reason))
+                    }
+                }
+            }
+            _ => unknown(&camera),
+        },
+        control::Request::Reload { camera } => match find(&camera) {
+            None => unknown(&camera),
+            Some(c) if c.is_calibrating() => control::Reply::Once(control::error_line(&format!(
+                "camera {camera} is calibrating: try again when it is done"
+            ))),
+            Some(c) => {
+                let old = c.current_model();
+                match load_camera_model(
+                    &c.cfg,
+                    &config.state_dir,
+                    &config.inference.backbone,
+                    &running.backbone_sha,
+                ) {
+                    Ok(m) if m.artifact.meta.preprocessing != old.artifact.meta.preprocessing => {
+                        control::Reply::Once(control::error_line(&format!(
+                            "{}: preprocessing differs from the running one's (restart vigil)",
+                            m.path.display()
+                        )))
+                    }
+                    Ok(m) => {
+                        let id = m.artifact.meta.model_id.clone();
+                        tracing::info!(camera = %camera, old = %old.artifact.meta.model_id, new = %id, "model reloaded from the store");
+                        c.swap_model(m);
+                        *lock(&c.threshold_override) = None;
+                        control::Reply::Once(serde_json::json!({
+                            "ok": true,
+                            "camera": camera,
+                            "model_id": id,
+                            "previous_model_id": old.artifact.meta.model_id,
+                        }))
+                    }
+                    Err(e) => control::Reply::Once(control::error_line(&e.to_string())),
+                }
+            }
+        },
+        control::Request::Status => {
+            let cams: serde_json::Map<String, serde_json::Value> = p
+                .cameras
+                .iter()
+                .map(|c| {
+                    let cal = calibrator
+                        .subscribe(&c.cfg.id)
+                        .map(|rx| rx.borrow().to_json())
+                        .unwrap_or(serde_json::Value::Null);
+                    (
+                        c.cfg.id.clone(),
+                        serde_json::json!({
+                            "model_id": c.current_model().artifact.meta.model_id,
+                            "calibration": cal,
+                        }),
+                    )
+                })
+                .collect();
+            control::Reply::Once(serde_json::json!({"ok": true, "cameras": cams}))
+        }
+    };
+    let _ = inc.reply.send(reply);
+}
+
 /// SIGHUP: re-read the file; swap models, thresholds, enabled flags and detector settings
 /// in place. Sources, workers and MQTT settings need a restart (logged).
 fn reload(path: &Path, running: &Running) {
@@ -441,6 +536,15 @@ pub async fn serve(
         &cam_ids,
     ));
     calibrator.publish_all();
+    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel(16);
+    let socket = control::socket_path(&config.runtime_dir);
+    let listener = match control::listen(&socket, ctl_tx.clone()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::error!(error = %e, "no control socket: `vigil calibrate` and `vigil model rollback` cannot reach this daemon (MQTT calibrate/set still works)");
+            None
+        }
+    };
 
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
@@ -477,6 +581,7 @@ pub async fn serve(
                 }
             }
             Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher, &calibrator),
+            Some(inc) = ctl_rx.recv() => handle_control(inc, &running, &calibrator, &config),
             _ = health_tick.tick() => {
                 for h in running.health(interval, &mut last_scored) {
                     let _ = publisher.publish_health(&h.camera, &h);
@@ -497,6 +602,11 @@ pub async fn serve(
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(h) = listener {
+        h.abort();
+        let _ = std::fs::remove_file(&socket);
+    }
+    drop(ctl_tx);
     let pipeline = running.pipeline.clone();
     let cal = calibrator.clone();
     tokio::task::spawn_blocking(move || {

@@ -172,6 +172,7 @@ pub fn demo(opts: DemoOptions) -> Result<(), DaemonError> {
         r#"
 node = "demo"
 state_dir = {state:?}
+runtime_dir = {run:?}
 [inference]
 backbone = {bb:?}
 workers = 1
@@ -194,6 +195,7 @@ min_event_gap_s = 1
 update_interval_s = 1
 "#,
         state = opts.state_dir.display().to_string(),
+        run = opts.state_dir.join("run").display().to_string(),
         bb = opts.backbone.display().to_string(),
         model = model_path.display().to_string(),
         fps = opts.fps,

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod calibrator;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod detector;

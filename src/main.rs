@@ -12,6 +12,7 @@ use vigil::calibrate::{
     open_feed, parse_source_spec, CalibStatus, CalibrateError, CalibrateRequest,
 };
 use vigil::config::{CameraConfig, Config};
+use vigil::control;
 use vigil::eval::{mvtec_test_set, report};
 use vigil::features::{extract_paths, list_images};
 use vigil::fit::{fit_with_threshold, make_artifact, ThresholdConfig};
@@ -606,6 +607,21 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         quantile: a.quantile,
     };
     let params = req.params(&defaults).map_err(config_error)?;
+    // The daemon owns the camera: ask it when it runs.
+    if let (Some(cfg), Some(cam), false, None, None) =
+        (&t.config, &t.camera, a.standalone, &a.source, &a.out)
+    {
+        let request = control::Request::Calibrate {
+            camera: cam.id.clone(),
+            frames: a.frames,
+            interval_s: a.interval,
+            quantile: a.quantile,
+        };
+        let socket = control::socket_path(&cfg.runtime_dir);
+        if let Some(lines) = control::connect(&socket, &request).map_err(unavailable)? {
+            return calibrate_via_daemon(lines, &cam.id, params.frames);
+        }
+    }
     let source = match (&a.source, &t.camera) {
         (Some(spec), _) => parse_source_spec(spec).map_err(config_error)?,
         (None, Some(cam)) => cam.source.clone(),
@@ -712,7 +728,9 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
                 .as_ref()
                 .map(|c| c.calibration.keep_models)
                 .unwrap_or(defaults.keep_models);
-            store.add(&cal.artifact, keep)?
+            let path = store.add(&cal.artifact, keep)?;
+            reload_in_daemon(&t, id)?;
+            path
         }
         _ => return Err(config_error("no output for the model")),
     };
@@ -736,6 +754,71 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         duration_s: (cal.collect_time + cal.fit_time).as_secs_f64(),
     };
     println!("{}", st.to_json());
+    Ok(())
+}
+
+/// sysexits EX_UNAVAILABLE: the daemon refused or went away.
+fn unavailable(e: impl std::fmt::Display) -> anyhow::Error {
+    Coded(69, e.to_string()).into()
+}
+
+fn calibrate_via_daemon(mut lines: control::Lines, camera: &str, frames: usize) -> Result<()> {
+    eprintln!("vigil is running: camera {camera} is calibrated by the daemon");
+    let pb = vigil::features::progress(frames as u64, "collecting");
+    loop {
+        let Some(v) = lines.next_value().map_err(|e| {
+            pb.finish_and_clear();
+            unavailable(e)
+        })?
+        else {
+            pb.finish_and_clear();
+            return Err(unavailable(
+                "the daemon closed the connection before the calibration ended",
+            ));
+        };
+        let st: CalibStatus = serde_json::from_value(v.clone())
+            .map_err(|_| unavailable(format!("unexpected reply {v}")))?;
+        match &st {
+            CalibStatus::Collecting { collected, frames } => {
+                pb.set_length(*frames as u64);
+                pb.set_position(*collected as u64);
+            }
+            CalibStatus::Fitting { .. } => pb.set_message("fitting"),
+            CalibStatus::Done { model_id, .. } => {
+                pb.finish_and_clear();
+                eprintln!("camera {camera}: model {model_id} in service");
+                println!("{v}");
+                return Ok(());
+            }
+            CalibStatus::Failed {
+                reason, refused, ..
+            } => {
+                pb.finish_and_clear();
+                println!("{v}");
+                let code = if *refused { EXIT_REFUSED } else { 1 };
+                return Err(Coded(code, format!("calibration failed: {reason}")).into());
+            }
+            CalibStatus::Idle => {}
+        }
+    }
+}
+
+/// After the store changed behind a running daemon: ask it to load the camera's model.
+fn reload_in_daemon(t: &Target, camera: &str) -> Result<()> {
+    let Some(cfg) = &t.config else { return Ok(()) };
+    let socket = control::socket_path(&cfg.runtime_dir);
+    let req = control::Request::Reload {
+        camera: camera.to_string(),
+    };
+    if let Some(mut lines) = control::connect(&socket, &req).map_err(unavailable)? {
+        let v = lines.next_value().map_err(unavailable)?;
+        eprintln!(
+            "the running daemon now serves {} on {camera}",
+            v.as_ref()
+                .and_then(|v| v["model_id"].as_str())
+                .unwrap_or("?")
+        );
+    }
     Ok(())
 }
 
@@ -833,6 +916,7 @@ fn cmd_model_rollback(a: &StoreArgs) -> Result<()> {
     let before = in_service(&id, t.camera.as_ref(), &dir)?.map(|(m, _)| m.meta.model_id);
     let store = ModelStore::new(&dir, &id);
     let now = store.rollback(before.as_deref())?;
+    reload_in_daemon(&t, &id)?;
     eprintln!(
         "camera {id}: rolled back from {} to {} (created {})",
         before.as_deref().unwrap_or("none"),

@@ -177,6 +177,7 @@ fn write_config(root: &Path, port: u16, frames: &Path, extra_camera: &str) -> Pa
         r#"
 node = "testnode"
 state_dir = "{state}"
+runtime_dir = "{run}"
 [inference]
 backbone = "{bb}"
 [mqtt]
@@ -200,6 +201,7 @@ min_event_gap_s = 0
 update_interval_s = 0.5
 "#,
         state = root.join("state").display(),
+        run = root.join("run").display(),
         bb = common::repo_path("models/efficientnet_lite0_pooled.onnx").display(),
         frames = frames.display(),
     );
@@ -953,4 +955,95 @@ fn remote_calibration_switches_the_model_id_in_later_events_without_restart_or_l
             s["id"]
         );
     }
+}
+
+#[test]
+fn cli_calibrate_goes_through_the_running_daemon_and_rollback_restores_the_old_model_id() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let goods =
+        list_images(&common::shared_dir().join("data/magnetic_tile/train/good")).expect("train");
+    repoint(&frames, &goods[200..236]);
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("loop = false", "loop = true")
+        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
+    std::fs::write(&config, text).expect("write");
+    let msgs = subscribe(broker.port, "vigil/testnode/cam1/#");
+    let mut daemon = spawn_daemon(&config);
+    wait_for(&msgs, "a state", Duration::from_secs(60), |m| {
+        !json_of(m, "/cam1/state").is_empty()
+    });
+    let old_id = json_of(&msgs.lock().expect("lock"), "/cam1/state")[0]["model_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let c = config.to_str().expect("utf8");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .env("VIGIL_LOG", "warn")
+            .output()
+            .expect("run vigil");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "vigil {args:?}: {stderr}");
+        let last: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().expect("a line")).expect("json");
+        (last, stderr)
+    };
+    let t0 = Instant::now();
+    let (done, stderr) = cli(&[
+        "calibrate",
+        "--config",
+        c,
+        "--frames",
+        "40",
+        "--interval",
+        "0",
+    ]);
+    eprintln!(
+        "calibration through the daemon: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(stderr.contains("calibrated by the daemon"), "{stderr}");
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["previous_model_id"], old_id.as_str());
+    let new_id = done["model_id"].as_str().expect("id").to_string();
+    wait_for(
+        &msgs,
+        "state with the new model",
+        Duration::from_secs(20),
+        |m| {
+            json_of(m, "/cam1/state")
+                .last()
+                .is_some_and(|s| s["model_id"] == new_id.as_str())
+        },
+    );
+
+    let (back, stderr) = cli(&["model", "rollback", "--config", c]);
+    assert_eq!(back["model_id"], old_id.as_str());
+    assert!(
+        stderr.contains(&format!("running daemon now serves {old_id}")),
+        "{stderr}"
+    );
+    wait_for(
+        &msgs,
+        "state with the old model again",
+        Duration::from_secs(20),
+        |m| {
+            json_of(m, "/cam1/state")
+                .last()
+                .is_some_and(|s| s["model_id"] == old_id.as_str())
+        },
+    );
+    assert!(daemon.try_wait().expect("wait").is_none(), "no restart");
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+    assert!(
+        !dir.path().join("run/control.sock").exists(),
+        "socket removed at exit"
+    );
 }
