@@ -337,3 +337,19 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses_and_documents_the_calibration_defaults() {
+        let cfg = Config::from_toml(include_str!("../config/vigil.toml")).expect("parses");
+        assert_eq!(cfg.calibration, CalibrationConfig::default());
+        assert_eq!(cfg.runtime_dir, default_runtime_dir());
+        let bad =
+            include_str!("../config/vigil.toml").replace("keep_models = 5", "keep_models = 1");
+        let e = Config::from_toml(&bad).expect_err("keep_models");
+        assert!(e.to_string().contains("keep_models"), "{e}");
+    }
+}
