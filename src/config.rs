@@ -36,6 +36,13 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub calibration: CalibrationConfig,
+    /// Where the daemon's control socket (`<runtime_dir>/control.sock`) lives: `vigil
+    /// calibrate` and `vigil model rollback` talk to the running daemon through it.
+    /// Default `/run/vigil` (systemd `RuntimeDirectory=vigil`).
+    #[serde(default = "default_runtime_dir")]
+    pub runtime_dir: PathBuf,
     /// One `[[camera]]` table per camera.
     #[serde(rename = "camera", default)]
     pub cameras: Vec<CameraConfig>,
@@ -85,6 +92,95 @@ impl Default for HealthConfig {
     }
 }
 
+/// `[calibration]`: defaults of `vigil calibrate` and of remote (`calibrate/set`)
+/// calibrations; a request may override `frames`, `interval_s` and `quantile`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrationConfig {
+    /// Normal frames to collect. Default 300.
+    pub frames: usize,
+    /// Seconds between collected frames, so they span real variation (0 = every frame the
+    /// camera delivers). Default 1.
+    pub interval_s: f64,
+    /// Quantile of the held-out normal anomaly scores used as threshold. Default 0.995.
+    pub quantile: f64,
+    /// Fraction of the frames held out to set the threshold. Default 0.2.
+    pub holdout: f64,
+    /// A calibration with fewer usable frames is refused. Default 50.
+    pub min_frames: usize,
+    /// Calibrated model versions kept per camera (the one in service is never removed).
+    /// Default 5.
+    pub keep_models: usize,
+    /// A calibration fails when the camera delivers no frame for this long. Default 30.
+    pub frame_timeout_s: f64,
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        CalibrationConfig {
+            frames: 300,
+            interval_s: 1.0,
+            quantile: 0.995,
+            holdout: 0.2,
+            min_frames: 50,
+            keep_models: 5,
+            frame_timeout_s: 30.0,
+        }
+    }
+}
+
+impl CalibrationConfig {
+    /// Range checks (shared by the file and by remote requests).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min_frames < 10 {
+            return Err(format!(
+                "calibration.min_frames must be at least 10, got {}",
+                self.min_frames
+            ));
+        }
+        if self.frames < self.min_frames || self.frames > MAX_CALIBRATION_FRAMES {
+            return Err(format!(
+                "calibration frames must be in {}..={MAX_CALIBRATION_FRAMES} (min_frames..), got {}",
+                self.min_frames, self.frames
+            ));
+        }
+        if !(self.interval_s.is_finite() && (0.0..=3600.0).contains(&self.interval_s)) {
+            return Err(format!(
+                "calibration interval_s must be in 0..=3600 seconds, got {}",
+                self.interval_s
+            ));
+        }
+        if !(self.quantile.is_finite() && self.quantile > 0.5 && self.quantile <= 1.0) {
+            return Err(format!(
+                "calibration quantile must be in (0.5, 1], got {}",
+                self.quantile
+            ));
+        }
+        if !(self.holdout.is_finite() && self.holdout >= 0.05 && self.holdout <= 0.5) {
+            return Err(format!(
+                "calibration.holdout must be in [0.05, 0.5], got {}",
+                self.holdout
+            ));
+        }
+        if self.keep_models < 2 {
+            return Err(format!(
+                "calibration.keep_models must be at least 2 (the model in service and the one to roll back to), got {}",
+                self.keep_models
+            ));
+        }
+        if !(self.frame_timeout_s.is_finite() && self.frame_timeout_s > 0.0) {
+            return Err(format!(
+                "calibration.frame_timeout_s must be a positive number of seconds, got {}",
+                self.frame_timeout_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Upper bound of `frames` (features of 20 000 frames are 100 MB).
+pub const MAX_CALIBRATION_FRAMES: usize = 20_000;
+
 /// `[[camera]]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +215,10 @@ fn default_node() -> String {
         .unwrap_or_else(|| "vigil".to_string())
 }
 
+fn default_runtime_dir() -> PathBuf {
+    PathBuf::from("/run/vigil")
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/vigil")
 }
@@ -131,6 +231,9 @@ pub fn valid_segment(s: &str) -> bool {
 }
 
 impl CameraConfig {
+    /// The configured model file (`model`, or `<state_dir>/models/<id>.safetensors`). A
+    /// calibrated model (the model store's `current` pointer) takes precedence: see
+    /// [`crate::store::camera_model_path`].
     pub fn model_path(&self, state_dir: &Path) -> PathBuf {
         self.model.clone().unwrap_or_else(|| {
             state_dir
@@ -227,9 +330,26 @@ impl Config {
                 .validate()
                 .map_err(|e| ConfigError::Invalid(format!("camera {}: {e}", c.id)))?;
         }
+        self.calibration.validate().map_err(ConfigError::Invalid)?;
         self.mqtt
             .validate(&self.node)
             .map_err(|m| ConfigError::Invalid(format!("mqtt: {m}")))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses_and_documents_the_calibration_defaults() {
+        let cfg = Config::from_toml(include_str!("../config/vigil.toml")).expect("parses");
+        assert_eq!(cfg.calibration, CalibrationConfig::default());
+        assert_eq!(cfg.runtime_dir, default_runtime_dir());
+        let bad =
+            include_str!("../config/vigil.toml").replace("keep_models = 5", "keep_models = 1");
+        let e = Config::from_toml(&bad).expect_err("keep_models");
+        assert!(e.to_string().contains("keep_models"), "{e}");
     }
 }

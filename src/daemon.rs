@@ -10,7 +10,9 @@ use thiserror::Error;
 
 use crate::artifact::Artifact;
 use crate::backbone::{file_sha256, Backbone, TractBackbone};
+use crate::calibrator::{Calibrator, CaptureProbe};
 use crate::config::{CameraConfig, Config};
+use crate::control;
 use crate::detector::Detector;
 use crate::messages::{timestamp, Event, Health, KnobState, State, SCHEMA_HEALTH, SCHEMA_KNOB};
 use crate::pipeline::{lock, spawn_workers, CameraRuntime, LoadedModel, Pipeline, Sink, Worker};
@@ -44,14 +46,16 @@ fn cfg_err(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::Config(e.to_string())
 }
 
-/// Load one camera's model and check it against the backbone in use.
+/// Load one camera's model (the model store's `current` version, else the configured file)
+/// and check it against the backbone in use.
 pub fn load_camera_model(
     cam: &CameraConfig,
     state_dir: &Path,
     backbone: &Path,
     sha: &str,
 ) -> Result<LoadedModel, DaemonError> {
-    let path = cam.model_path(state_dir);
+    let path = crate::store::camera_model_path(cam, state_dir)
+        .map_err(|e| cfg_err(format!("camera {}: {e}", cam.id)))?;
     let artifact = Artifact::load(&path).map_err(|e| cfg_err(format!("camera {}: {e}", cam.id)))?;
     artifact
         .check_backbone(&path, sha, backbone)
@@ -125,6 +129,8 @@ pub struct Running {
     pub started: Instant,
     /// SHA-256 of the backbone the workers run (a reload cannot change it).
     pub backbone_sha: String,
+    /// A fork of the workers' backbone for calibrations (taken by the daemon).
+    pub spare_backbone: Option<TractBackbone>,
 }
 
 /// Start sources and workers for `config` with already loaded models.
@@ -152,6 +158,11 @@ pub fn start_pipeline(
         );
     }
     let backbone_sha = first.info().sha256.clone();
+    let spare_backbone = Some(
+        first
+            .fork()
+            .map_err(|e| DaemonError::Runtime(e.to_string()))?,
+    );
     backbones.push(first);
     let mut cameras = Vec::new();
     for (cam, model) in config.cameras.iter().zip(models) {
@@ -192,10 +203,19 @@ pub fn start_pipeline(
         workers,
         started: Instant::now(),
         backbone_sha,
+        spare_backbone,
     })
 }
 
 impl Running {
+    /// Why a camera's capture has ended for good, for calibrations waiting on its frames.
+    pub fn capture_probe(&self, camera: &str) -> Option<CaptureProbe> {
+        self.captures
+            .iter()
+            .find(|c| c.camera() == camera)
+            .map(|c| Box::new(c.shared_health()) as CaptureProbe)
+    }
+
     /// Health of each camera, as published.
     pub fn health(&self, interval: Duration, last_scored: &mut [u64]) -> Vec<Health> {
         let now = std::time::SystemTime::now();
@@ -211,7 +231,9 @@ impl Running {
                 let fps = (scored.saturating_sub(last_scored[i])) as f64
                     / interval.as_secs_f64().max(1e-3);
                 last_scored[i] = scored;
-                let state = if !c.enabled.load(Ordering::Relaxed) {
+                let state = if c.is_calibrating() {
+                    "calibrating".to_string()
+                } else if !c.enabled.load(Ordering::Relaxed) {
                     "disabled".to_string()
                 } else {
                     h.state.as_str().to_string()
@@ -257,7 +279,7 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(states);
 }
 
-fn knob(
+pub(crate) fn knob(
     node: &str,
     camera: &str,
     name: &str,
@@ -278,7 +300,12 @@ fn knob(
 }
 
 /// Apply one remote command.
-fn handle_command(cmd: Command, running: &Running, publisher: &Publisher) {
+fn handle_command(
+    cmd: Command,
+    running: &Running,
+    publisher: &Publisher,
+    calibrator: &Arc<Calibrator>,
+) {
     let p = &running.pipeline;
     let find = |id: &str| p.cameras.iter().find(|c| c.cfg.id == id).cloned();
     match cmd {
@@ -308,19 +335,109 @@ fn handle_command(cmd: Command, running: &Running, publisher: &Publisher) {
                 );
             }
         }
-        Command::Calibrate { camera, .. } => {
-            let _ = publisher.publish_knob_state(
-                &camera,
-                &knob(
-                    &p.node,
-                    &camera,
-                    "calibrate",
-                    "idle".into(),
-                    Some("remote calibration is not available in this version".into()),
-                ),
-            );
+        Command::Calibrate { camera, payload } => {
+            let (Some(c), Some(probe)) = (find(&camera), running.capture_probe(&camera)) else {
+                return;
+            };
+            if let Err(reason) = calibrator.start(c, probe, &payload) {
+                calibrator.refuse(&camera, &reason);
+            }
         }
     }
+}
+
+/// Answer one control-socket request.
+fn handle_control(
+    inc: control::Incoming,
+    running: &Running,
+    calibrator: &Arc<Calibrator>,
+    config: &Config,
+) {
+    let p = &running.pipeline;
+    let find = |id: &str| p.cameras.iter().find(|c| c.cfg.id == id).cloned();
+    let unknown =
+        |id: &str| control::Reply::Once(control::error_line(&format!("no camera `{id}`")));
+    let reply = match inc.request {
+        control::Request::Calibrate {
+            camera,
+            frames,
+            interval_s,
+            quantile,
+        } => match (find(&camera), running.capture_probe(&camera)) {
+            (Some(c), Some(probe)) => {
+                let req = crate::calibrate::CalibrateRequest {
+                    frames,
+                    interval_s,
+                    quantile,
+                };
+                let payload = serde_json::to_value(&req).unwrap_or(serde_json::Value::Null);
+                match calibrator.start(c, probe, &payload) {
+                    Ok(rx) => control::Reply::Calibration(rx),
+                    Err(reason) => {
+                        calibrator.refuse(&camera, &reason);
+                        control::Reply::Once(control::error_line(&reason))
+                    }
+                }
+            }
+            _ => unknown(&camera),
+        },
+        control::Request::Reload { camera } => match find(&camera) {
+            None => unknown(&camera),
+            Some(c) if c.is_calibrating() => control::Reply::Once(control::error_line(&format!(
+                "camera {camera} is calibrating: try again when it is done"
+            ))),
+            Some(c) => {
+                let old = c.current_model();
+                match load_camera_model(
+                    &c.cfg,
+                    &config.state_dir,
+                    &config.inference.backbone,
+                    &running.backbone_sha,
+                ) {
+                    Ok(m) if m.artifact.meta.preprocessing != old.artifact.meta.preprocessing => {
+                        control::Reply::Once(control::error_line(&format!(
+                            "{}: preprocessing differs from the running one's (restart vigil)",
+                            m.path.display()
+                        )))
+                    }
+                    Ok(m) => {
+                        let id = m.artifact.meta.model_id.clone();
+                        tracing::info!(camera = %camera, old = %old.artifact.meta.model_id, new = %id, "model reloaded from the store");
+                        c.swap_model(m);
+                        *lock(&c.threshold_override) = None;
+                        control::Reply::Once(serde_json::json!({
+                            "ok": true,
+                            "camera": camera,
+                            "model_id": id,
+                            "previous_model_id": old.artifact.meta.model_id,
+                        }))
+                    }
+                    Err(e) => control::Reply::Once(control::error_line(&e.to_string())),
+                }
+            }
+        },
+        control::Request::Status => {
+            let cams: serde_json::Map<String, serde_json::Value> = p
+                .cameras
+                .iter()
+                .map(|c| {
+                    let cal = calibrator
+                        .subscribe(&c.cfg.id)
+                        .map(|rx| rx.borrow().to_json())
+                        .unwrap_or(serde_json::Value::Null);
+                    (
+                        c.cfg.id.clone(),
+                        serde_json::json!({
+                            "model_id": c.current_model().artifact.meta.model_id,
+                            "calibration": cal,
+                        }),
+                    )
+                })
+                .collect();
+            control::Reply::Once(serde_json::json!({"ok": true, "cameras": cams}))
+        }
+    };
+    let _ = inc.reply.send(reply);
 }
 
 /// SIGHUP: re-read the file; swap models, thresholds, enabled flags and detector settings
@@ -403,7 +520,31 @@ pub async fn serve(
     let prefix = config.mqtt.prefix.clone();
     let node = config.node.clone();
     let topic = move |cam: &str| format!("{prefix}/{node}/{cam}/snapshot");
-    let running = start_pipeline(&config, models, sink, &topic, false)?;
+    let mut running = start_pipeline(&config, models, sink.clone(), &topic, false)?;
+    let spare = running
+        .spare_backbone
+        .take()
+        .ok_or_else(|| DaemonError::Runtime("no backbone for calibrations".into()))?;
+    let cam_ids: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
+    let calibrator = Arc::new(Calibrator::new(
+        &config.node,
+        config.state_dir.clone(),
+        config.calibration.clone(),
+        spare,
+        Some(publisher.clone()),
+        sink,
+        &cam_ids,
+    ));
+    calibrator.publish_all();
+    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel(16);
+    let socket = control::socket_path(&config.runtime_dir);
+    let listener = match control::listen(&socket, ctl_tx.clone()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::error!(error = %e, "no control socket: `vigil calibrate` and `vigil model rollback` cannot reach this daemon (MQTT calibrate/set still works)");
+            None
+        }
+    };
 
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
@@ -439,7 +580,8 @@ pub async fn serve(
                     notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
-            Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher),
+            Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher, &calibrator),
+            Some(inc) = ctl_rx.recv() => handle_control(inc, &running, &calibrator, &config),
             _ = health_tick.tick() => {
                 for h in running.health(interval, &mut last_scored) {
                     let _ = publisher.publish_health(&h.camera, &h);
@@ -460,11 +602,21 @@ pub async fn serve(
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(h) = listener {
+        h.abort();
+        let _ = std::fs::remove_file(&socket);
+    }
+    drop(ctl_tx);
     let pipeline = running.pipeline.clone();
-    tokio::task::spawn_blocking(move || running.stop())
-        .await
-        .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let cal = calibrator.clone();
+    tokio::task::spawn_blocking(move || {
+        cal.shutdown();
+        running.stop()
+    })
+    .await
+    .map_err(|e| DaemonError::Runtime(e.to_string()))?;
     drop(pipeline);
+    drop(calibrator);
     match Arc::try_unwrap(publisher) {
         Ok(p) => p.shutdown().await,
         Err(_) => tracing::warn!("publisher still shared at shutdown; outbox kept on disk"),

@@ -9,11 +9,11 @@ use std::time::Duration;
 use crate::backbone::{Backbone, TractBackbone};
 use crate::config::Config;
 use crate::daemon::{self, DaemonError};
+use crate::features::FeatureExtractor;
 use crate::fit::{fit_with_threshold, make_artifact, ThresholdConfig};
-use crate::frame::Pixels;
 use crate::model::FitConfig;
 use crate::pipeline::LoadedModel;
-use crate::preprocess::{self, PreprocessConfig, Preprocessor};
+use crate::preprocess::PreprocessConfig;
 use crate::source::{self, SourceConfig};
 
 /// Options of `vigil demo`.
@@ -95,34 +95,18 @@ fn fit_demo_model(opts: &DemoOptions, model_path: &Path) -> Result<(), DaemonErr
         .map_err(|e| DaemonError::Config(e.to_string()))?;
     let info = bb.info().clone();
     let pre_cfg = PreprocessConfig::imagenet(info.input_width, info.input_height);
-    let mut pre = Preprocessor::new(pre_cfg);
+    let mut fx = FeatureExtractor::new(pre_cfg);
     let mut src = source::build(&synthetic(0, 0.0)?).map_err(rt_err)?;
     src.open().map_err(rt_err)?;
-    let mut tensor = vec![0.0f32; pre_cfg.tensor_len()];
-    let mut feats = vec![0.0f32; opts.fit_frames * info.feature_dim];
+    let dim = info.feature_dim;
+    let mut feats = vec![0.0f32; opts.fit_frames * dim];
     let pb = crate::features::progress(opts.fit_frames as u64, "fitting");
-    for i in 0..opts.fit_frames {
+    for row in feats.chunks_exact_mut(dim) {
         let px = src
             .next_frame()
             .map_err(rt_err)?
             .ok_or_else(|| rt_err("synthetic source ended"))?;
-        let img = match px {
-            Pixels::Rgb8 {
-                width,
-                height,
-                data,
-            } => preprocess::from_rgb8(&data, width, height).map_err(rt_err)?,
-            Pixels::Encoded { data } => {
-                preprocess::decode_bytes(&data, "synthetic").map_err(rt_err)?
-            }
-        };
-        pre.run(&img, &mut tensor).map_err(rt_err)?;
-        bb.extract(
-            &tensor,
-            1,
-            &mut feats[i * info.feature_dim..(i + 1) * info.feature_dim],
-        )
-        .map_err(rt_err)?;
+        fx.pixels(&mut bb, &px, "synthetic", row).map_err(rt_err)?;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -188,6 +172,7 @@ pub fn demo(opts: DemoOptions) -> Result<(), DaemonError> {
         r#"
 node = "demo"
 state_dir = {state:?}
+runtime_dir = {run:?}
 [inference]
 backbone = {bb:?}
 workers = 1
@@ -210,6 +195,7 @@ min_event_gap_s = 1
 update_interval_s = 1
 "#,
         state = opts.state_dir.display().to_string(),
+        run = opts.state_dir.join("run").display().to_string(),
         bb = opts.backbone.display().to_string(),
         model = model_path.display().to_string(),
         fps = opts.fps,

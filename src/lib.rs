@@ -6,7 +6,10 @@
 pub mod artifact;
 pub mod backbone;
 pub mod bench;
+pub mod calibrate;
+pub mod calibrator;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod detector;
@@ -22,3 +25,4 @@ pub mod plots;
 pub mod preprocess;
 pub mod publish;
 pub mod source;
+pub mod store;

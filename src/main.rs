@@ -8,12 +8,19 @@ use clap::{Args, Parser, Subcommand};
 
 use vigil::artifact::Artifact;
 use vigil::backbone::{file_sha256, Backbone, TractBackbone};
+use vigil::calibrate::{
+    open_feed, parse_source_spec, CalibStatus, CalibrateError, CalibrateRequest,
+};
+use vigil::config::{CameraConfig, Config};
+use vigil::control;
 use vigil::eval::{mvtec_test_set, report};
 use vigil::features::{extract_paths, list_images};
 use vigil::fit::{fit_with_threshold, make_artifact, ThresholdConfig};
 use vigil::model::metrics::roc_curve;
 use vigil::model::{pred_score, Dfkde, FitConfig, Scaling};
 use vigil::preprocess::{Normalization, PreprocessConfig};
+use vigil::source::SourceConfig;
+use vigil::store::ModelStore;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +44,15 @@ enum Command {
     Score(ScoreArgs),
     /// Evaluate on an MVTec-layout folder (train/good, test/good, test/<defect>).
     Eval(EvalArgs),
+    /// Collect normal frames from a camera (or --source), fit, set the threshold from
+    /// held-out frames and put the model in service (asks the running daemon when there is
+    /// one). Refuses, keeping the current model, when the frames cannot make a model.
+    Calibrate(CalibrateArgs),
+    /// A camera's stored model versions: list them, roll back to the previous one.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Print a model artifact's metadata as JSON.
     Info {
         /// The artifact.
@@ -95,6 +111,69 @@ enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Configuration file (state directory, cameras, backbone, calibration defaults, control
+    /// socket).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Camera id [default: the only camera of the configuration].
+    #[arg(long)]
+    camera: Option<String>,
+    /// State directory when no configuration is given (models go to
+    /// DIR/models/<camera>/).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Take frames from this source instead of the camera's: an image folder / file / glob
+    /// (each image once), a video file, rtsp://… or http://… , /dev/videoN, synthetic[:SEED].
+    #[arg(long)]
+    source: Option<String>,
+    /// Normal frames to collect [default: calibration.frames, 300].
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Seconds between collected frames [default: calibration.interval_s, 1].
+    #[arg(long)]
+    interval: Option<f64>,
+    /// Quantile of the held-out anomaly scores used as threshold [default: 0.995].
+    #[arg(long)]
+    quantile: Option<f64>,
+    /// Refuse with fewer usable frames than this [default: calibration.min_frames, 50].
+    #[arg(long)]
+    min_frames: Option<usize>,
+    /// Write the model to this file instead of the camera's model store (nothing is put in
+    /// service).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Never ask a running daemon: open the source in this process.
+    #[arg(long)]
+    standalone: bool,
+    #[command(flatten)]
+    backbone: BackboneArgs,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// List stored versions per camera (oldest first) and the one in service.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// One JSON object per camera instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the previous version (by creation time) back in service.
+    Rollback {
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -470,6 +549,439 @@ fn bench_backbone_only(
     ExitCode::SUCCESS
 }
 
+/// An error with its own exit status (78 configuration, 65 refused data, 69 unavailable).
+#[derive(Debug)]
+struct Coded(u8, String);
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// sysexits EX_DATAERR: the frames could not make a model (the current one is kept).
+const EXIT_REFUSED: u8 = 65;
+
+fn config_error(e: impl std::fmt::Display) -> anyhow::Error {
+    Coded(vigil::daemon::EXIT_CONFIG, e.to_string()).into()
+}
+
+/// What `--config` / `--camera` / `--state-dir` name.
+struct Target {
+    config: Option<Config>,
+    camera: Option<CameraConfig>,
+    camera_id: Option<String>,
+    state_dir: Option<PathBuf>,
+}
+
+fn resolve_target(a: &StoreArgs) -> Result<Target> {
+    let config = match &a.config {
+        Some(p) => Some(Config::load(p).map_err(config_error)?),
+        None => None,
+    };
+    let camera = match (&config, &a.camera) {
+        (Some(c), Some(id)) => Some(
+            c.cameras
+                .iter()
+                .find(|cam| &cam.id == id)
+                .cloned()
+                .ok_or_else(|| config_error(format!("no camera `{id}` in the configuration")))?,
+        ),
+        (Some(c), None) if c.cameras.len() == 1 => c.cameras.first().cloned(),
+        (Some(c), None) => {
+            let ids: Vec<&str> = c.cameras.iter().map(|c| c.id.as_str()).collect();
+            return Err(config_error(format!(
+                "several cameras configured ({}): choose one with --camera",
+                ids.join(", ")
+            )));
+        }
+        (None, _) => None,
+    };
+    let camera_id = camera.as_ref().map(|c| c.id.clone()).or(a.camera.clone());
+    if let Some(id) = &camera_id {
+        if !vigil::config::valid_segment(id) {
+            return Err(config_error(format!(
+                "camera id `{id}` must be letters, digits, '-' or '_'"
+            )));
+        }
+    }
+    let state_dir = a
+        .state_dir
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.state_dir.clone()));
+    Ok(Target {
+        config,
+        camera,
+        camera_id,
+        state_dir,
+    })
+}
+
+/// The model a camera serves now (store pointer, else the configured file), if any.
+fn in_service(
+    cam_id: &str,
+    camera: Option<&CameraConfig>,
+    state_dir: &Path,
+) -> Result<Option<(Artifact, PathBuf)>> {
+    let store = ModelStore::new(state_dir, cam_id);
+    let path = match store.current_path()? {
+        Some(p) => p,
+        None => match camera {
+            Some(c) => c.model_path(state_dir),
+            None => state_dir
+                .join("models")
+                .join(format!("{cam_id}.safetensors")),
+        },
+    };
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let art = Artifact::load(&path)?;
+    Ok(Some((art, path)))
+}
+
+fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
+    let t = resolve_target(&a.store)?;
+    let mut defaults = t
+        .config
+        .as_ref()
+        .map(|c| c.calibration.clone())
+        .unwrap_or_default();
+    if let Some(m) = a.min_frames {
+        defaults.min_frames = m;
+        defaults.frames = defaults.frames.max(m);
+    }
+    let req = CalibrateRequest {
+        frames: a.frames,
+        interval_s: a.interval,
+        quantile: a.quantile,
+    };
+    let params = req.params(&defaults).map_err(config_error)?;
+    // The daemon owns the camera: ask it when it runs.
+    if let (Some(cfg), Some(cam), false, None, None) =
+        (&t.config, &t.camera, a.standalone, &a.source, &a.out)
+    {
+        let request = control::Request::Calibrate {
+            camera: cam.id.clone(),
+            frames: a.frames,
+            interval_s: a.interval,
+            quantile: a.quantile,
+        };
+        let socket = control::socket_path(&cfg.runtime_dir);
+        if let Some(lines) = control::connect(&socket, &request).map_err(unavailable)? {
+            return calibrate_via_daemon(lines, &cam.id, params.frames);
+        }
+    }
+    let source = match (&a.source, &t.camera) {
+        (Some(spec), _) => parse_source_spec(spec).map_err(config_error)?,
+        (None, Some(cam)) => cam.source.clone(),
+        (None, None) => {
+            return Err(config_error(
+                "no frame source: give --source, or --config with a camera",
+            ))
+        }
+    };
+    let (cam_id, state_dir) = match (&a.out, &t.camera_id, &t.state_dir) {
+        (Some(_), id, dir) => (id.clone(), dir.clone()),
+        (None, Some(id), Some(dir)) => (Some(id.clone()), Some(dir.clone())),
+        (None, _, _) => return Err(config_error(
+            "where should the model go? give --config (or --state-dir and --camera), or --out FILE",
+        )),
+    };
+    let current = match (&cam_id, &state_dir) {
+        (Some(id), Some(dir)) => in_service(id, t.camera.as_ref(), dir)?,
+        _ => None,
+    };
+    let backbone_path = t
+        .config
+        .as_ref()
+        .map(|c| c.inference.backbone.clone())
+        .unwrap_or_else(|| resolve_backbone(&a.backbone.backbone));
+    // The daemon's preprocessing: the model in service's, else the flags'.
+    let size = current
+        .as_ref()
+        .map(|(m, _)| (m.meta.preprocessing.width, m.meta.preprocessing.height))
+        .or(a.backbone.input_size);
+    let mut bb = TractBackbone::load(&backbone_path, 1, size)?;
+    let pre = match &current {
+        Some((m, _)) => m.meta.preprocessing,
+        None => PreprocessConfig {
+            normalization: a.backbone.normalization,
+            ..PreprocessConfig::imagenet(bb.info().input_width, bb.info().input_height)
+        },
+    };
+    if let Some((m, p)) = &current {
+        m.check_backbone(p, &bb.info().sha256, &backbone_path)?;
+    }
+    let label = cam_id.clone().unwrap_or_else(|| "calibrate".into());
+    let (mut feed, capture) = open_feed(&label, &source).map_err(config_error)?;
+    eprintln!(
+        "calibrating {label}: {} frames every {:.2} s from {}",
+        params.frames,
+        params.interval.as_secs_f64(),
+        source_label(&source)
+    );
+    let pb = vigil::features::progress(params.frames as u64, "collecting");
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let mut on_progress = |st: &CalibStatus| match st {
+        CalibStatus::Collecting { collected, .. } => pb.set_position(*collected as u64),
+        CalibStatus::Fitting { frames } => {
+            pb.set_message("fitting");
+            pb.set_length(*frames as u64);
+        }
+        _ => {}
+    };
+    let result = vigil::calibrate::calibrate(
+        feed.as_mut(),
+        &mut bb,
+        pre,
+        &params,
+        &cancel,
+        &mut on_progress,
+    );
+    pb.finish_and_clear();
+    drop(feed);
+    if let Some(c) = capture {
+        c.stop();
+        c.join();
+    }
+    let previous = current.as_ref().map(|(m, _)| m.meta.model_id.clone());
+    let cal = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let st = CalibStatus::Failed {
+                reason: e.to_string(),
+                refused: e.is_refusal(),
+                model_id: previous,
+            };
+            println!("{}", st.to_json());
+            return Err(e.into());
+        }
+    };
+    let m = &cal.artifact.meta;
+    let written = match (&a.out, &cam_id, &state_dir) {
+        (Some(out), _, _) => {
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            cal.artifact.save(out)?;
+            out.clone()
+        }
+        (None, Some(id), Some(dir)) => {
+            let store = ModelStore::new(dir, id);
+            if let Some((art, path)) = &current {
+                store.import(art, path)?;
+            }
+            let keep = t
+                .config
+                .as_ref()
+                .map(|c| c.calibration.keep_models)
+                .unwrap_or(defaults.keep_models);
+            let path = store.add(&cal.artifact, keep)?;
+            reload_in_daemon(&t, id)?;
+            path
+        }
+        _ => return Err(config_error("no output for the model")),
+    };
+    eprintln!(
+        "model {} written to {}: {} frames ({} seen, {} black, {} saturated), threshold log-density {:.4}; collected in {:.1} s, fitted in {:.1} s",
+        m.model_id,
+        written.display(),
+        cal.checks.usable,
+        cal.checks.seen,
+        cal.checks.black,
+        cal.checks.saturated,
+        m.threshold.log_density,
+        cal.collect_time.as_secs_f64(),
+        cal.fit_time.as_secs_f64()
+    );
+    let st = CalibStatus::Done {
+        model_id: m.model_id.clone(),
+        previous_model_id: previous,
+        threshold: m.threshold.log_density,
+        frames: cal.checks.usable,
+        duration_s: (cal.collect_time + cal.fit_time).as_secs_f64(),
+    };
+    println!("{}", st.to_json());
+    Ok(())
+}
+
+/// sysexits EX_UNAVAILABLE: the daemon refused or went away.
+fn unavailable(e: impl std::fmt::Display) -> anyhow::Error {
+    Coded(69, e.to_string()).into()
+}
+
+fn calibrate_via_daemon(mut lines: control::Lines, camera: &str, frames: usize) -> Result<()> {
+    eprintln!("vigil is running: camera {camera} is calibrated by the daemon");
+    let pb = vigil::features::progress(frames as u64, "collecting");
+    loop {
+        let Some(v) = lines.next_value().map_err(|e| {
+            pb.finish_and_clear();
+            unavailable(e)
+        })?
+        else {
+            pb.finish_and_clear();
+            return Err(unavailable(
+                "the daemon closed the connection before the calibration ended",
+            ));
+        };
+        let st: CalibStatus = serde_json::from_value(v.clone())
+            .map_err(|_| unavailable(format!("unexpected reply {v}")))?;
+        match &st {
+            CalibStatus::Collecting { collected, frames } => {
+                pb.set_length(*frames as u64);
+                pb.set_position(*collected as u64);
+            }
+            CalibStatus::Fitting { .. } => pb.set_message("fitting"),
+            CalibStatus::Done { model_id, .. } => {
+                pb.finish_and_clear();
+                eprintln!("camera {camera}: model {model_id} in service");
+                println!("{v}");
+                return Ok(());
+            }
+            CalibStatus::Failed {
+                reason, refused, ..
+            } => {
+                pb.finish_and_clear();
+                println!("{v}");
+                let code = if *refused { EXIT_REFUSED } else { 1 };
+                return Err(Coded(code, format!("calibration failed: {reason}")).into());
+            }
+            CalibStatus::Idle => {}
+        }
+    }
+}
+
+/// After the store changed behind a running daemon: ask it to load the camera's model.
+fn reload_in_daemon(t: &Target, camera: &str) -> Result<()> {
+    let Some(cfg) = &t.config else { return Ok(()) };
+    let socket = control::socket_path(&cfg.runtime_dir);
+    let req = control::Request::Reload {
+        camera: camera.to_string(),
+    };
+    if let Some(mut lines) = control::connect(&socket, &req).map_err(unavailable)? {
+        let v = lines.next_value().map_err(unavailable)?;
+        eprintln!(
+            "the running daemon now serves {} on {camera}",
+            v.as_ref()
+                .and_then(|v| v["model_id"].as_str())
+                .unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+fn source_label(s: &SourceConfig) -> String {
+    match s {
+        SourceConfig::Folder(f) => format!("folder {}", f.path),
+        SourceConfig::Synthetic(c) => format!("synthetic (seed {})", c.seed),
+        SourceConfig::Video(v) => format!("video {}", vigil::source::redact_url(&v.url)),
+        SourceConfig::V4l2(v) => format!("camera {}", v.device),
+    }
+}
+
+/// (camera id, camera config) pairs `StoreArgs` name: every configured camera, or one.
+fn cameras_of(t: &Target, a: &StoreArgs) -> Result<Vec<(String, Option<CameraConfig>)>> {
+    match (&t.config, &a.camera) {
+        (Some(c), None) => Ok(c
+            .cameras
+            .iter()
+            .map(|c| (c.id.clone(), Some(c.clone())))
+            .collect()),
+        _ => match &t.camera_id {
+            Some(id) => Ok(vec![(id.clone(), t.camera.clone())]),
+            None => Err(config_error("give --config, or --state-dir and --camera")),
+        },
+    }
+}
+
+fn cmd_model_list(a: &StoreArgs, json: bool) -> Result<()> {
+    let t = resolve_target(a)?;
+    let dir = t
+        .state_dir
+        .clone()
+        .ok_or_else(|| config_error("give --config or --state-dir"))?;
+    for (id, cam) in cameras_of(&t, a)? {
+        let store = ModelStore::new(&dir, &id);
+        let versions = store.list()?;
+        let pointer = store.current_id()?;
+        let configured = cam
+            .as_ref()
+            .map(|c| c.model_path(&dir))
+            .unwrap_or_else(|| dir.join("models").join(format!("{id}.safetensors")));
+        let configured_id = Artifact::load(&configured).ok().map(|a| a.meta.model_id);
+        let serving = pointer.clone().or(configured_id.clone());
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "camera": id,
+                    "in_service": serving,
+                    "from_store": pointer.is_some(),
+                    "configured": {"path": configured, "model_id": configured_id},
+                    "models": versions,
+                })
+            );
+            continue;
+        }
+        println!(
+            "camera {id}: in service {} ({})",
+            serving.as_deref().unwrap_or("none"),
+            if pointer.is_some() {
+                "store"
+            } else {
+                "configured file"
+            }
+        );
+        for v in &versions {
+            println!(
+                "  {} {}  {}  {} frames  threshold {:.4}",
+                if v.current { "*" } else { " " },
+                v.id,
+                v.created,
+                v.n_train,
+                v.threshold
+            );
+        }
+        println!(
+            "  configured file {} ({})",
+            configured.display(),
+            configured_id.as_deref().unwrap_or("missing")
+        );
+    }
+    Ok(())
+}
+
+fn cmd_model_rollback(a: &StoreArgs) -> Result<()> {
+    let t = resolve_target(a)?;
+    let dir = t
+        .state_dir
+        .clone()
+        .ok_or_else(|| config_error("give --config or --state-dir"))?;
+    let id = t
+        .camera_id
+        .clone()
+        .ok_or_else(|| config_error("give --camera"))?;
+    let before = in_service(&id, t.camera.as_ref(), &dir)?.map(|(m, _)| m.meta.model_id);
+    let store = ModelStore::new(&dir, &id);
+    let now = store.rollback(before.as_deref())?;
+    reload_in_daemon(&t, &id)?;
+    eprintln!(
+        "camera {id}: rolled back from {} to {} (created {})",
+        before.as_deref().unwrap_or("none"),
+        now.id,
+        now.created
+    );
+    println!(
+        "{}",
+        serde_json::json!({"camera": id, "model_id": now.id, "previous_model_id": before})
+    );
+    Ok(())
+}
+
 fn daemon_exit(r: Result<(), vigil::daemon::DaemonError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -571,6 +1083,13 @@ fn main() -> ExitCode {
         Command::Score(a) => cmd_score(a),
         Command::Eval(a) => cmd_eval(a),
         Command::Info { model } => cmd_info(&model),
+        Command::Calibrate(a) => cmd_calibrate(a),
+        Command::Model {
+            command: ModelCommand::List { store, json },
+        } => cmd_model_list(&store, json),
+        Command::Model {
+            command: ModelCommand::Rollback { store },
+        } => cmd_model_rollback(&store),
         Command::Run { .. }
         | Command::CheckConfig { .. }
         | Command::Demo(_)
@@ -580,7 +1099,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if let Some(c) = e.downcast_ref::<Coded>() {
+                ExitCode::from(c.0)
+            } else if e
+                .downcast_ref::<CalibrateError>()
+                .is_some_and(CalibrateError::is_refusal)
+            {
+                ExitCode::from(EXIT_REFUSED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -79,6 +79,10 @@ pub struct State {
     pub threshold: f64,
     pub model_id: String,
     pub enabled: bool,
+    /// The camera is calibrating: its frames feed the calibration, none is scored and no
+    /// event is raised until it ends (see `calibrate/state`).
+    #[serde(default)]
+    pub calibrating: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

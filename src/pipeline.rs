@@ -15,7 +15,7 @@ use crate::detector::{Detector, Observation};
 use crate::frame::{Frame, Pixels};
 use crate::messages::{timestamp, Event, Health, State, SCHEMA_STATE};
 use crate::model::Workspace;
-use crate::preprocess::{self, Preprocessor, RgbF32};
+use crate::preprocess::{Preprocessor, RgbF32};
 use crate::source::FrameSlot;
 
 /// Where the pipeline's output goes (MQTT in the daemon, memory in tests and `bench`).
@@ -59,6 +59,9 @@ struct DetectorState {
     last_seq: Option<u64>,
     last_anomalous: Option<bool>,
     last_state_pub: Option<Instant>,
+    /// The last state published (re-published with `calibrating` set when a calibration
+    /// starts).
+    last_state: Option<State>,
 }
 
 /// One camera's runtime state.
@@ -72,6 +75,9 @@ pub struct CameraRuntime {
     detector: Mutex<DetectorState>,
     /// Latest (log-density, score) for STATUS= lines.
     pub last_score: Mutex<Option<(f64, f64)>>,
+    /// While a calibration runs: where the workers put this camera's frames instead of
+    /// scoring them.
+    calibration_tap: Mutex<Option<Arc<FrameSlot>>>,
 }
 
 impl CameraRuntime {
@@ -95,7 +101,9 @@ impl CameraRuntime {
                 last_seq: None,
                 last_anomalous: None,
                 last_state_pub: None,
+                last_state: None,
             }),
+            calibration_tap: Mutex::new(None),
             last_score: Mutex::new(None),
         }
     }
@@ -125,6 +133,40 @@ impl CameraRuntime {
         let mut d = lock(&self.detector);
         self.force_end(&mut d, sink);
         d.det = det;
+    }
+
+    /// Whether a calibration takes this camera's frames.
+    pub fn is_calibrating(&self) -> bool {
+        lock(&self.calibration_tap).is_some()
+    }
+
+    /// Start handing frames to a calibration: an open event is closed, scoring and events
+    /// stop, and the last state is re-published with `calibrating: true`.
+    pub fn begin_calibration(&self, tap: Arc<FrameSlot>, sink: &dyn Sink) {
+        let mut d = lock(&self.detector);
+        self.force_end(&mut d, sink);
+        *lock(&self.calibration_tap) = Some(tap);
+        if let Some(mut st) = d.last_state.clone() {
+            let (ts, ts_ms) = timestamp(SystemTime::now());
+            st.ts = ts;
+            st.ts_ms = ts_ms;
+            st.calibrating = true;
+            sink.state(&self.cfg.id, &st);
+        }
+        // The first frame scored afterwards publishes its state at once.
+        d.last_state_pub = None;
+        d.last_anomalous = None;
+    }
+
+    /// Give the frames back to scoring (after a swap, the first scored frame carries the
+    /// new model id).
+    pub fn end_calibration(&self) {
+        let mut d = lock(&self.detector);
+        if let Some(tap) = lock(&self.calibration_tap).take() {
+            tap.close();
+        }
+        d.last_state_pub = None;
+        d.last_anomalous = None;
     }
 
     /// Close an open event (camera disabled or shutting down).
@@ -231,6 +273,10 @@ fn worker_loop(index: usize, p: &Pipeline, mut bb: TractBackbone) {
         }
         let Some((ci, frame)) = got else { continue };
         let cam = &p.cameras[ci];
+        if let Some(tap) = lock(&cam.calibration_tap).as_ref() {
+            tap.put(frame);
+            continue;
+        }
         if let Err(e) = process(
             p,
             cam,
@@ -260,16 +306,8 @@ fn process(
 ) -> Result<(), String> {
     let t0 = Instant::now();
     let origin = frame.origin.as_deref().unwrap_or("frame");
-    let img: RgbF32 = match &frame.pixels {
-        Pixels::Encoded { data } => {
-            preprocess::decode_for_input(data, origin, pre.config()).map_err(|e| e.to_string())?
-        }
-        Pixels::Rgb8 {
-            width,
-            height,
-            data,
-        } => preprocess::from_rgb8(data, *width, *height).map_err(|e| e.to_string())?,
-    };
+    let img: RgbF32 = crate::features::decode_pixels(&frame.pixels, origin, pre.config())
+        .map_err(|e| e.to_string())?;
     let t1 = Instant::now();
     pre.run(&img, tensor).map_err(|e| e.to_string())?;
     let t2 = Instant::now();
@@ -298,6 +336,9 @@ fn process(
     let anomalous = obs.anomalous();
 
     let mut d = lock(&cam.detector);
+    if lock(&cam.calibration_tap).is_some() {
+        return Ok(()); // a calibration started while this frame was being scored
+    }
     if d.last_seq.is_some_and(|s| frame.seq < s) {
         return Ok(()); // a later frame already went through another worker
     }
@@ -335,8 +376,10 @@ fn process(
             threshold,
             model_id: model_id.clone(),
             enabled,
+            calibrating: false,
         };
         p.sink.state(&cam.cfg.id, &state);
+        d.last_state = Some(state);
     }
     drop(d);
     let t5 = Instant::now();

@@ -177,6 +177,7 @@ fn write_config(root: &Path, port: u16, frames: &Path, extra_camera: &str) -> Pa
         r#"
 node = "testnode"
 state_dir = "{state}"
+runtime_dir = "{run}"
 [inference]
 backbone = "{bb}"
 [mqtt]
@@ -200,6 +201,7 @@ min_event_gap_s = 0
 update_interval_s = 0.5
 "#,
         state = root.join("state").display(),
+        run = root.join("run").display(),
         bb = common::repo_path("models/efficientnet_lite0_pooled.onnx").display(),
         frames = frames.display(),
     );
@@ -698,4 +700,350 @@ fn systemd_notify_sends_ready_status_and_feeds_the_watchdog_only_while_frames_fl
     }
     assert!(stopping, "STOPPING=1 on SIGTERM");
     assert!(daemon.wait().expect("wait").success());
+}
+
+/// Publish one non-retained QoS 1 message and wait for the broker's PUBACK.
+fn publish(port: u16, topic: &str, payload: &str) {
+    let id = format!("test-pub-{}-{}", std::process::id(), port);
+    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 8);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.as_bytes())
+        .expect("queue publish");
+    for ev in conn.iter() {
+        match ev {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publish {topic}: {e}"),
+        }
+    }
+    let _ = client.disconnect();
+}
+
+/// Point every link in `dir` (same names, atomically) at `targets[i % len]`.
+fn repoint(dir: &Path, targets: &[PathBuf]) {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("e").path())
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    names.sort();
+    for (i, n) in names.iter().enumerate() {
+        let tmp = dir.join(format!(".tmp{i}"));
+        std::os::unix::fs::symlink(&targets[i % targets.len()], &tmp).expect("link");
+        std::fs::rename(&tmp, n).expect("rename");
+    }
+}
+
+fn knob_states(m: &[(String, Vec<u8>)], cam: &str) -> Vec<serde_json::Value> {
+    json_of(m, &format!("/{cam}/calibrate/state"))
+}
+
+#[test]
+fn remote_calibration_switches_the_model_id_in_later_events_without_restart_or_lost_events() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (model, frames) = setup(dir.path());
+    let mt = common::shared_dir().join("data/magnetic_tile");
+    let names_in_order: Vec<PathBuf> = {
+        let mut n: Vec<PathBuf> = std::fs::read_dir(&frames)
+            .expect("ls")
+            .map(|e| e.expect("e").path())
+            .collect();
+        n.sort();
+        n
+    };
+    let original_targets: Vec<PathBuf> = names_in_order
+        .iter()
+        .map(|n| std::fs::read_link(n).expect("link"))
+        .collect();
+    // A second camera that shows one picture forever (a frozen camera), same model.
+    let frozen = list_images(&mt.join("train/good")).expect("train")[500].clone();
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("loop = false", "loop = true")
+        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
+    let text = format!(
+        "{text}\n[[camera]]\nid = \"cam2\"\nmodel = \"{}\"\n[camera.source]\ntype = \"folder\"\npath = \"{}\"\nfps = 4\nloop = true\n",
+        model.display(),
+        frozen.display()
+    );
+    std::fs::write(&config, text).expect("write");
+    let log = dir.path().join("daemon.log");
+    let msgs = subscribe(broker.port, "vigil/testnode/#");
+    let mut daemon = spawn_daemon_logging(&config, &log);
+
+    // Model A serves: an event for the defects.
+    wait_for(
+        &msgs,
+        "an event under the first model",
+        Duration::from_secs(90),
+        |m| json_of(m, "/cam1/event").iter().any(|e| e["type"] == "end"),
+    );
+    let old_id = json_of(&msgs.lock().expect("lock"), "/cam1/event")[0]["model_id"]
+        .as_str()
+        .expect("model id")
+        .to_string();
+    wait_for(
+        &msgs,
+        "calibrate/state idle at start",
+        Duration::from_secs(5),
+        |m| {
+            knob_states(m, "cam1")
+                .iter()
+                .any(|k| k["value"]["state"] == "idle")
+        },
+    );
+
+    // Bad payloads are answered on calibrate/state, never a crash.
+    publish(
+        broker.port,
+        "vigil/testnode/cam1/calibrate/set",
+        r#"{"frames": "many"}"#,
+    );
+    publish(
+        broker.port,
+        "vigil/testnode/cam1/calibrate/set",
+        r#"{"frames": 5}"#,
+    );
+    wait_for(
+        &msgs,
+        "errors for bad payloads",
+        Duration::from_secs(10),
+        |m| {
+            let errs: Vec<String> = knob_states(m, "cam1")
+                .iter()
+                .filter_map(|k| k["error"].as_str().map(str::to_string))
+                .collect();
+            errs.iter().any(|e| e.contains("invalid request"))
+                && errs.iter().any(|e| e.contains("frames must be in 30..="))
+        },
+    );
+
+    // The technician puts normal parts in front of the camera and asks for a calibration.
+    let goods = list_images(&mt.join("train/good")).expect("train");
+    repoint(&frames, &goods[100..136]);
+    std::thread::sleep(Duration::from_millis(300));
+    publish(
+        broker.port,
+        "vigil/testnode/cam1/calibrate/set",
+        r#"{"frames": 40, "interval_s": 0}"#,
+    );
+    publish(broker.port, "vigil/testnode/cam1/calibrate/set", "{}");
+    publish(
+        broker.port,
+        "vigil/testnode/cam2/calibrate/set",
+        r#"{"frames": 40, "interval_s": 0}"#,
+    );
+    wait_for(&msgs, "calibration done", Duration::from_secs(120), |m| {
+        knob_states(m, "cam1")
+            .iter()
+            .any(|k| k["value"]["state"] == "done")
+    });
+    let m = msgs.lock().expect("lock").clone();
+    let ks = knob_states(&m, "cam1");
+    assert!(
+        ks.iter().any(|k| k["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already running"))),
+        "second request refused: {ks:?}"
+    );
+    assert!(ks.iter().any(|k| k["value"]["state"] == "collecting"));
+    assert!(ks.iter().any(|k| k["value"]["state"] == "fitting"));
+    let done = ks
+        .iter()
+        .find(|k| k["value"]["state"] == "done")
+        .expect("done")["value"]
+        .clone();
+    let new_id = done["model_id"].as_str().expect("new id").to_string();
+    assert_ne!(new_id, old_id);
+    assert_eq!(done["previous_model_id"], old_id.as_str());
+    assert_eq!(done["frames"], 40);
+    assert!(json_of(&m, "/cam1/state")
+        .iter()
+        .any(|s| s["calibrating"] == true));
+    let model_file = dir
+        .path()
+        .join(format!("state/models/cam1/{new_id}.safetensors"));
+    assert!(model_file.is_file(), "versioned artifact written");
+
+    // Defects again: events now carry the new model id.
+    repoint(&frames, &original_targets);
+    wait_for(
+        &msgs,
+        "an event under the new model",
+        Duration::from_secs(60),
+        |m| {
+            json_of(m, "/cam1/event")
+                .iter()
+                .any(|e| e["type"] == "end" && e["model_id"] == new_id.as_str())
+        },
+    );
+    wait_for(
+        &msgs,
+        "state with the new model id",
+        Duration::from_secs(10),
+        |m| {
+            json_of(m, "/cam1/state")
+                .iter()
+                .any(|s| s["model_id"] == new_id.as_str() && s["calibrating"] == false)
+        },
+    );
+
+    // The frozen camera was refused and keeps its model.
+    wait_for(
+        &msgs,
+        "cam2 calibration refused",
+        Duration::from_secs(60),
+        |m| {
+            knob_states(m, "cam2")
+                .iter()
+                .any(|k| k["value"]["state"] == "failed")
+        },
+    );
+    let m = msgs.lock().expect("lock").clone();
+    let failed = knob_states(&m, "cam2")
+        .into_iter()
+        .find(|k| k["value"]["state"] == "failed")
+        .expect("failed")["value"]
+        .clone();
+    assert!(
+        failed["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("frozen"),
+        "{failed}"
+    );
+    assert_eq!(failed["model_id"], old_id.as_str());
+    wait_for(
+        &msgs,
+        "cam2 scoring with its old model",
+        Duration::from_secs(20),
+        |m| {
+            json_of(m, "/cam2/state")
+                .last()
+                .is_some_and(|s| s["model_id"] == old_id.as_str() && s["calibrating"] == false)
+        },
+    );
+
+    assert!(daemon.try_wait().expect("wait").is_none(), "no restart");
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+
+    // No lost event: everything the daemon queued arrived, and every event that started ended.
+    let logged = logged_events(&log);
+    wait_for(&msgs, "every logged event", Duration::from_secs(20), |m| {
+        let got: std::collections::BTreeSet<(String, u64)> = json_of(m, "/event")
+            .iter()
+            .filter_map(|e| Some((e["id"].as_str()?.to_string(), e["seq"].as_u64()?)))
+            .collect();
+        logged.iter().all(|k| got.contains(k))
+    });
+    let m = msgs.lock().expect("lock").clone();
+    let events = json_of(&m, "/cam1/event");
+    for s in events.iter().filter(|e| e["type"] == "start") {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["type"] == "end" && e["id"] == s["id"]),
+            "event {} never ended",
+            s["id"]
+        );
+    }
+}
+
+#[test]
+fn cli_calibrate_goes_through_the_running_daemon_and_rollback_restores_the_old_model_id() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let goods =
+        list_images(&common::shared_dir().join("data/magnetic_tile/train/good")).expect("train");
+    repoint(&frames, &goods[200..236]);
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("loop = false", "loop = true")
+        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
+    std::fs::write(&config, text).expect("write");
+    let msgs = subscribe(broker.port, "vigil/testnode/cam1/#");
+    let mut daemon = spawn_daemon(&config);
+    wait_for(&msgs, "a state", Duration::from_secs(60), |m| {
+        !json_of(m, "/cam1/state").is_empty()
+    });
+    let old_id = json_of(&msgs.lock().expect("lock"), "/cam1/state")[0]["model_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let c = config.to_str().expect("utf8");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .env("VIGIL_LOG", "warn")
+            .output()
+            .expect("run vigil");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "vigil {args:?}: {stderr}");
+        let last: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().expect("a line")).expect("json");
+        (last, stderr)
+    };
+    let t0 = Instant::now();
+    let (done, stderr) = cli(&[
+        "calibrate",
+        "--config",
+        c,
+        "--frames",
+        "40",
+        "--interval",
+        "0",
+    ]);
+    eprintln!(
+        "calibration through the daemon: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(stderr.contains("calibrated by the daemon"), "{stderr}");
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["previous_model_id"], old_id.as_str());
+    let new_id = done["model_id"].as_str().expect("id").to_string();
+    wait_for(
+        &msgs,
+        "state with the new model",
+        Duration::from_secs(20),
+        |m| {
+            json_of(m, "/cam1/state")
+                .last()
+                .is_some_and(|s| s["model_id"] == new_id.as_str())
+        },
+    );
+
+    let (back, stderr) = cli(&["model", "rollback", "--config", c]);
+    assert_eq!(back["model_id"], old_id.as_str());
+    assert!(
+        stderr.contains(&format!("running daemon now serves {old_id}")),
+        "{stderr}"
+    );
+    wait_for(
+        &msgs,
+        "state with the old model again",
+        Duration::from_secs(20),
+        |m| {
+            json_of(m, "/cam1/state")
+                .last()
+                .is_some_and(|s| s["model_id"] == old_id.as_str())
+        },
+    );
+    assert!(daemon.try_wait().expect("wait").is_none(), "no restart");
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+    assert!(
+        !dir.path().join("run/control.sock").exists(),
+        "socket removed at exit"
+    );
 }

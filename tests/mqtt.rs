@@ -528,6 +528,7 @@ async fn events_arrive_with_all_fields_and_health_state_snapshot_knob_state_are_
         threshold: -30.0,
         model_id: "model-abc".into(),
         enabled: true,
+        calibrating: false,
     };
     let knob = KnobState {
         schema: SCHEMA_KNOB.into(),

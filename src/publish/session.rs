@@ -57,6 +57,7 @@ pub(crate) struct StateKey {
     enabled: bool,
     threshold: u64,
     model_id: String,
+    calibrating: bool,
 }
 
 impl StateKey {
@@ -66,6 +67,7 @@ impl StateKey {
             enabled: s.enabled,
             threshold: s.threshold.to_bits(),
             model_id: s.model_id.clone(),
+            calibrating: s.calibrating,
         }
     }
 }

@@ -388,6 +388,23 @@ impl CaptureHandle {
         self.shared.lock().health.clone()
     }
 
+    /// A `Send` probe reporting why the capture has ended for good (finite source ended,
+    /// permanent error), `None` while it runs or retries.
+    pub fn shared_health(&self) -> impl Fn() -> Option<String> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            let inner = shared.lock();
+            if !inner.done {
+                return None;
+            }
+            Some(match (inner.health.state, &inner.health.last_error) {
+                (HealthState::Ended, _) => "the source ended".to_string(),
+                (_, Some(e)) => e.clone(),
+                (s, None) => format!("capture stopped ({s})"),
+            })
+        }
+    }
+
     /// Whether the capture thread has exited (the source ended, failed permanently, or
     /// was stopped).
     pub fn is_finished(&self) -> bool {

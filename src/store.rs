@@ -1,0 +1,256 @@
+//! Versioned model store of one camera: `<state_dir>/models/<camera>/<model-id>.safetensors`
+//! plus a `current` pointer file holding the id in service (written atomically: temp file,
+//! fsync, rename). A calibration adds a version and moves the pointer; `vigil model
+//! rollback` moves it back to the previous version (by creation time). The last
+//! `keep` versions are kept; the one in service is never removed.
+//!
+//! When a camera has no `current` pointer yet, it serves its configured model
+//! (`[[camera]] model`, default `<state_dir>/models/<id>.safetensors`); the first
+//! calibration imports that model into the store so that a rollback can return to it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::artifact::{write_atomic, Artifact, ArtifactError};
+use crate::config::CameraConfig;
+
+/// Name of the pointer file inside a camera's store.
+pub const CURRENT: &str = "current";
+const EXT: &str = "safetensors";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("model store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model store {path}: the `current` pointer names `{id}`, which is not a stored model")]
+    DanglingPointer { path: PathBuf, id: String },
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error("camera {camera}: no earlier model to roll back to ({reason})")]
+    NothingToRollBack { camera: String, reason: String },
+    #[error("camera {camera}: no model `{id}` in {path}")]
+    UnknownModel {
+        camera: String,
+        id: String,
+        path: PathBuf,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One stored model version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredModel {
+    pub id: String,
+    pub path: PathBuf,
+    pub created: String,
+    pub created_unix_ms: u64,
+    pub n_train: usize,
+    /// Log-density threshold recorded in the artifact.
+    pub threshold: f64,
+    /// The `current` pointer names it.
+    pub current: bool,
+}
+
+/// The store of one camera.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    camera: String,
+    dir: PathBuf,
+}
+
+impl ModelStore {
+    pub fn new(state_dir: &Path, camera: &str) -> ModelStore {
+        ModelStore {
+            camera: camera.to_string(),
+            dir: state_dir.join("models").join(camera),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn version_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.{EXT}"))
+    }
+
+    /// The id the `current` pointer names, if there is a pointer.
+    pub fn current_id(&self) -> Result<Option<String>, StoreError> {
+        let p = self.dir.join(CURRENT);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    /// The model file in service according to the store, if it has a pointer.
+    pub fn current_path(&self) -> Result<Option<PathBuf>, StoreError> {
+        let Some(id) = self.current_id()? else {
+            return Ok(None);
+        };
+        let path = self.version_path(&id);
+        if id.is_empty() || id.contains('/') || !path.is_file() {
+            return Err(StoreError::DanglingPointer {
+                path: self.dir.clone(),
+                id,
+            });
+        }
+        Ok(Some(path))
+    }
+
+    /// Every stored version, oldest first (by creation time). Unreadable files are skipped
+    /// with a warning.
+    pub fn list(&self) -> Result<Vec<StoredModel>, StoreError> {
+        let current = self.current_id()?;
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let path = entry.map_err(io(&self.dir))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') || path.extension().and_then(|e| e.to_str()) != Some(EXT) {
+                continue;
+            }
+            match Artifact::load(&path) {
+                Ok(a) => out.push(StoredModel {
+                    current: current.as_deref() == Some(a.meta.model_id.as_str()),
+                    id: a.meta.model_id,
+                    path,
+                    created: a.meta.created,
+                    created_unix_ms: a.meta.created_unix_ms,
+                    n_train: a.meta.n_train,
+                    threshold: a.meta.threshold.log_density,
+                }),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable model in the store")
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        Ok(out)
+    }
+
+    fn ensure_dir(&self) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))
+    }
+
+    /// Copy an existing model file (the configured one, in service before the first
+    /// calibration) into the store unless a version with its id is already there.
+    pub fn import(&self, artifact: &Artifact, file: &Path) -> Result<(), StoreError> {
+        let dst = self.version_path(&artifact.meta.model_id);
+        if dst.is_file() {
+            return Ok(());
+        }
+        self.ensure_dir()?;
+        let bytes = std::fs::read(file).map_err(io(file))?;
+        write_atomic(&dst, &bytes).map_err(io(&dst))
+    }
+
+    /// Write a new version, point `current` at it and prune old versions beyond `keep`.
+    /// Returns the new file's path.
+    pub fn add(&self, artifact: &Artifact, keep: usize) -> Result<PathBuf, StoreError> {
+        self.ensure_dir()?;
+        let path = self.version_path(&artifact.meta.model_id);
+        artifact.save(&path)?;
+        self.set_current(&artifact.meta.model_id)?;
+        self.prune(keep)?;
+        Ok(path)
+    }
+
+    /// Point `current` at a stored version.
+    pub fn set_current(&self, id: &str) -> Result<(), StoreError> {
+        if id.is_empty() || id.contains('/') || !self.version_path(id).is_file() {
+            return Err(StoreError::UnknownModel {
+                camera: self.camera.clone(),
+                id: id.to_string(),
+                path: self.dir.clone(),
+            });
+        }
+        let p = self.dir.join(CURRENT);
+        write_atomic(&p, format!("{id}\n").as_bytes()).map_err(io(&p))
+    }
+
+    /// Move `current` to the newest version created before the current one. `in_service`
+    /// is the id served when the store has no pointer yet (the configured model).
+    pub fn rollback(&self, in_service: Option<&str>) -> Result<StoredModel, StoreError> {
+        let list = self.list()?;
+        let current = self
+            .current_id()?
+            .or_else(|| in_service.map(str::to_string));
+        let Some(current) = current else {
+            return Err(StoreError::NothingToRollBack {
+                camera: self.camera.clone(),
+                reason: "no model in service".into(),
+            });
+        };
+        let Some(pos) = list.iter().position(|m| m.id == current) else {
+            return Err(StoreError::NothingToRollBack {
+                camera: self.camera.clone(),
+                reason: format!("the model in service ({current}) is not in the store"),
+            });
+        };
+        if pos == 0 {
+            return Err(StoreError::NothingToRollBack {
+                camera: self.camera.clone(),
+                reason: format!("{current} is the oldest stored model"),
+            });
+        }
+        let prev = list[pos - 1].clone();
+        self.set_current(&prev.id)?;
+        Ok(StoredModel {
+            current: true,
+            ..prev
+        })
+    }
+
+    /// Remove the oldest versions beyond `keep`, never the one in service.
+    fn prune(&self, keep: usize) -> Result<(), StoreError> {
+        let list = self.list()?;
+        let excess = list.len().saturating_sub(keep.max(1));
+        for m in list.iter().filter(|m| !m.current).take(excess) {
+            std::fs::remove_file(&m.path).map_err(io(&m.path))?;
+            tracing::info!(camera = %self.camera, model_id = %m.id, "old model version removed");
+        }
+        Ok(())
+    }
+}
+
+/// The model file a camera serves: the store's `current` version when there is one, else
+/// the configured file.
+pub fn camera_model_path(cam: &CameraConfig, state_dir: &Path) -> Result<PathBuf, StoreError> {
+    Ok(ModelStore::new(state_dir, &cam.id)
+        .current_path()?
+        .unwrap_or_else(|| cam.model_path(state_dir)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pointer_to_a_missing_version_is_an_error_not_a_silent_fallback() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = ModelStore::new(dir.path(), "cam1");
+        assert_eq!(store.current_path().expect("no pointer"), None);
+        std::fs::create_dir_all(store.dir()).expect("mkdir");
+        std::fs::write(store.dir().join(CURRENT), "abc123\n").expect("write");
+        let e = store.current_path().expect_err("dangling");
+        assert!(e.to_string().contains("abc123"), "{e}");
+        assert!(store.set_current("../x").is_err());
+    }
+}
