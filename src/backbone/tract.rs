@@ -30,88 +30,6 @@ impl Pool {
     }
 }
 
-/// tract's declutter + codegen, with the small convolutions vigil routes to tract's direct
-/// kernel (see [`direct_small_convs`]).
-fn optimize(mut typed: TypedModel) -> TractResult<TypedModel> {
-    typed.declutter()?;
-    let n = direct_small_convs(&mut typed)?;
-    tracing::debug!(convolutions = n, "routed to tract's direct spatial kernel");
-    typed.optimize()?;
-    Ok(typed)
-}
-
-/// Inputs per output point up to which a convolution goes to the direct kernel.
-const DIRECT_MAX_K: usize = 64;
-
-/// tract 0.23.9 lowers a group-1 NCHW convolution to its direct spatial kernel (`ConvW4`:
-/// four output channels along W, each input point read once) only when output rows have
-/// at least 128 points; shorter rows go through im2col + a matrix product. For a stem —
-/// 3 input channels, 27 inputs per output point, so a k = 27 product — that route ran at
-/// ~4 GFMA/s: EfficientNet-Lite0's 3×3/2 stem over 112-point rows took 2.5 ms of ~22.
-/// This rewrites such convolutions (at most [`DIRECT_MAX_K`] inputs per point, output
-/// channels a multiple of four, concrete shapes, f32, a `ConvW4` kernel on the host) to
-/// tract's own `DirectSpatialConv`, wired exactly as tract wires it for longer rows.
-fn direct_small_convs(model: &mut TypedModel) -> TractResult<usize> {
-    use tract_onnx::tract_core::ops::cnn::conv::{Conv, DirectSpatialConv};
-    use tract_onnx::tract_core::ops::cnn::wire_reshape_bias_for_bin;
-    use tract_onnx::tract_core::ops::nn::DataFormat;
-    if tract_onnx::tract_core::tract_linalg::routines::conv_w4_f32().is_none() {
-        return Ok(0);
-    }
-    let mut done = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(conv) = node.op_as::<Conv>() else {
-            continue;
-        };
-        if node.inputs.len() != 3 {
-            continue;
-        }
-        let x_fact = model.outlet_fact(node.inputs[0])?.clone();
-        let Some(x_shape) = x_fact.shape.as_concrete().map(|s| s.to_vec()) else {
-            continue;
-        };
-        let kvol: usize = conv.pool_spec.kernel_shape.iter().product();
-        if conv.q_params.is_some()
-            || x_fact.datum_type != f32::datum_type()
-            || conv.pool_spec.data_format != DataFormat::NCHW
-            || conv.pool_spec.rank() != 2
-            || conv.group != 1
-            || kvol < 2
-            || conv.input_channels() * kvol > DIRECT_MAX_K
-            || conv.output_channels() % 4 != 0
-        {
-            continue;
-        }
-        let conv = conv.clone();
-        let name = node.name.clone();
-        let mut patch = TypedModelPatch::new("vigil-direct-small-conv");
-        let taps = patch.taps(model, &node.inputs)?;
-        let geo = conv
-            .pool_spec
-            .compute_geo(&x_fact.shape)?
-            .to_concrete(&x_shape)?
-            .into_owned();
-        let kernel = conv.wire_kernel_as_g_o_ihw(&mut patch, &name, taps[1])?;
-        let c_axis = conv.pool_spec.data_format.shape(&x_shape)?.c_axis();
-        let bias = wire_reshape_bias_for_bin(
-            &mut patch,
-            &name,
-            taps[2],
-            x_fact.rank(),
-            c_axis,
-            conv.output_channels(),
-        )?[0];
-        let op = DirectSpatialConv::new(geo.patch, geo.input_shape, geo.output_shape);
-        let wire = patch.wire_node(&name, op, &[taps[0], kernel[0], bias])?[0];
-        patch.shunt_outside(model, id.into(), wire)?;
-        patch.obliterate(id)?;
-        patch.apply(model)?;
-        done += 1;
-    }
-    Ok(done)
-}
-
 pub struct TractBackbone {
     info: BackboneInfo,
     plan: Arc<Plan>,
@@ -238,7 +156,8 @@ impl TractBackbone {
         // moves depthwise convolutions channel-last (as it does on aarch64 with its NEON one).
         let kernels = vigil_kernels::registered();
         tracing::debug!(?kernels, "vigil kernels tract resolves to on this host");
-        let plan = optimize(typed)
+        let plan = typed
+            .into_optimized()
             .map_err(load_err)?
             .into_runnable()
             .map_err(load_err)?;
