@@ -19,14 +19,17 @@ py=".venv/bin/python"
 # PROFILE=release for a release build; the default dev profile compiles every dependency
 # and the kernels crate at opt-level 3.
 profile="${PROFILE:-dev}"
-# The executable cargo reports for this checkout (not target/*/vigil, which another checkout
-# sharing CARGO_TARGET_DIR may have overwritten).
-vigil=$(cargo build --quiet --profile "$profile" --bin vigil --message-format=json |
+exe=$(cargo build --quiet --profile "$profile" --bin vigil --message-format=json |
   "$py" -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "vigil" and m.get("executable"):
         print(m["executable"])')
+# A private copy: another checkout sharing CARGO_TARGET_DIR may rebuild target/*/vigil meanwhile.
+vigil=$(mktemp)
+trap 'rm -f "$vigil"' EXIT
+cp "$exe" "$vigil" && chmod +x "$vigil"
+"$vigil" bench --help | grep -q -- --backbone-only || { echo "$exe is not this checkout's vigil" >&2; exit 1; }
 # The fixture is EfficientNet's 224² input; other models get a fixed pseudo-random tensor.
 in_args=()
 if [ "$model" = models/efficientnet_lite0_pooled.onnx ]; then in_args=(--input "$input"); fi
