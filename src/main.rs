@@ -538,11 +538,19 @@ fn bench_backbone_only(
         r.threads, r.fps, r.backbone_ms_median, r.backbone_ms_p99, r.backbone_ms_min, r.frames, r.kernels
     );
     if !r.profile.is_empty() {
-        println!("{:<28}{:>6}{:>12}{:>8}{:>10}{:>10}", "op", "nodes", "ms/frame", "share", "MFMA", "GFMA/s");
+        println!(
+            "{:<28}{:>6}{:>12}{:>8}{:>10}{:>10}",
+            "op", "nodes", "ms/frame", "share", "MFMA", "GFMA/s"
+        );
         for o in &r.profile {
             println!(
                 "{:<28}{:>6}{:>12.3}{:>7.1}%{:>10.1}{:>10.1}",
-                o.op, o.nodes, o.ms_per_frame, 100.0 * o.share, o.mfma, o.gfma_per_s
+                o.op,
+                o.nodes,
+                o.ms_per_frame,
+                100.0 * o.share,
+                o.mfma,
+                o.gfma_per_s
             );
         }
     }

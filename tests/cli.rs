@@ -208,3 +208,49 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no images"));
 }
+
+#[test]
+fn bench_backbone_only_prints_one_json_line_with_the_median_and_the_op_profile() {
+    let input = common::repo_path("tests/fixtures/effnet_input.npy");
+    let out = ok(&[
+        "bench",
+        "--backbone-only",
+        "--threads",
+        "2",
+        "--seconds",
+        "1",
+        "--profile",
+        "--json",
+        "--input",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let r: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    assert_eq!(r["engine"], "tract");
+    assert_eq!(r["threads"], 2);
+    assert!(r["frames"].as_u64().expect("frames") >= 2, "{r}");
+    let median = r["backbone_ms_median"].as_f64().expect("median");
+    assert!(median > 0.0 && median <= r["backbone_ms_p99"].as_f64().expect("p99"));
+    // The profile covers the network's multiply-adds (0.39 G for EfficientNet-Lite0).
+    let ops = r["profile"].as_array().expect("profile");
+    let mfma: f64 = ops.iter().map(|o| o["mfma"].as_f64().unwrap_or(0.0)).sum();
+    assert!((350.0..450.0).contains(&mfma), "{mfma} M multiply-adds");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert_eq!(r["kernels"][0], "vigil_avx2_depthwise_c_f32");
+    }
+    // A wrong input tensor is a clear error, not a benchmark of garbage.
+    let bad = vigil(&[
+        "bench",
+        "--backbone-only",
+        "--seconds",
+        "1",
+        "--input",
+        common::repo_path("tests/fixtures/effnet_output_ort.npy")
+            .to_str()
+            .expect("utf-8 path"),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("the backbone takes"));
+}

@@ -201,16 +201,12 @@ fn profile_ops(
     seconds: f64,
 ) -> Result<Vec<OpTime>, BackboneBenchError> {
     let info = bb.info();
-    let run_err = |e: TractError| BackboneBenchError::Backbone(BackboneError::Run(format!("{e:#}")));
+    let run_err =
+        |e: TractError| BackboneBenchError::Backbone(BackboneError::Run(format!("{e:#}")));
     let plan = bb.plan().clone();
     let model = plan.model();
     let tensor = Tensor::from_shape(
-        &[
-            1,
-            3,
-            info.input_height as usize,
-            info.input_width as usize,
-        ],
+        &[1, 3, info.input_height as usize, info.input_width as usize],
         x,
     )
     .map_err(run_err)?;
@@ -238,12 +234,15 @@ fn profile_ops(
     let t0 = Instant::now();
     while frames < 3 || t0.elapsed().as_secs_f64() < seconds {
         state
-            .run_plan_with_eval(tvec!(tensor.clone().into()), |session, op_state, node, inputs| {
-                let t = Instant::now();
-                let r = tract_onnx::tract_core::plan::eval(session, op_state, node, inputs);
-                *per_node.entry(node.id).or_default() += t.elapsed().as_secs_f64();
-                r
-            })
+            .run_plan_with_eval(
+                tvec!(tensor.clone().into()),
+                |session, op_state, node, inputs| {
+                    let t = Instant::now();
+                    let r = tract_onnx::tract_core::plan::eval(session, op_state, node, inputs);
+                    *per_node.entry(node.id).or_default() += t.elapsed().as_secs_f64();
+                    r
+                },
+            )
             .map_err(run_err)?;
         frames += 1;
     }
