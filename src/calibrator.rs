@@ -143,36 +143,58 @@ impl Calibrator {
             .fork()
             .map_err(|e| format!("backbone: {e}"))?;
         let cancel = Arc::new(AtomicBool::new(false));
+        // The camera's frames go to the job from now on, before `start` returns: a reload
+        // or rollback arriving next sees the camera calibrating.
+        let tap = Arc::new(FrameSlot::new());
+        cam.begin_calibration(tap.clone(), self.sink.as_ref());
+        // From here on the guard gives the frames back and reports `failed` unless the job
+        // reports its own end (also when the thread cannot start, or panics).
+        let guard = JobGuard {
+            calibrator: Arc::clone(self),
+            cam: Arc::clone(&cam),
+            model_id: cam.current_model().artifact.meta.model_id.clone(),
+            finished: false,
+        };
         let me = Arc::clone(self);
         let c2 = Arc::clone(&cancel);
+        // The job waits for `go` so that `collecting 0/N` is published before its progress.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let frames = params.frames;
+        let interval_s = params.interval.as_secs_f64();
+        let quantile = params.quantile;
+        let handle = std::thread::Builder::new()
+            .name(format!("vigil-calib-{id}"))
+            .spawn(move || {
+                if go_rx.recv().is_ok() {
+                    me.run(guard, tap, probe, bb, params, &c2);
+                }
+            })
+            .map_err(|e| format!("cannot start the calibration thread: {e}"))?;
         self.set(
             &id,
             CalibStatus::Collecting {
                 collected: 0,
-                frames: params.frames,
+                frames,
             },
         );
-        tracing::info!(camera = %id, frames = params.frames, interval_s = params.interval.as_secs_f64(), quantile = params.quantile, "calibration started");
-        let handle = std::thread::Builder::new()
-            .name(format!("vigil-calib-{id}"))
-            .spawn(move || me.run(cam, probe, bb, params, &c2))
-            .map_err(|e| format!("cannot start the calibration thread: {e}"))?;
+        tracing::info!(camera = %id, frames, interval_s, quantile, "calibration started");
+        let _ = go_tx.send(());
         jobs.insert(id, Job { cancel, handle });
         Ok(rx)
     }
 
     fn run(
         &self,
-        cam: Arc<CameraRuntime>,
+        mut guard: JobGuard,
+        tap: Arc<FrameSlot>,
         probe: CaptureProbe,
         mut bb: TractBackbone,
         params: crate::calibrate::CalibrationParams,
         cancel: &AtomicBool,
     ) {
+        let cam = Arc::clone(&guard.cam);
         let id = cam.cfg.id.clone();
         let t0 = Instant::now();
-        let tap = Arc::new(FrameSlot::new());
-        cam.begin_calibration(tap.clone(), self.sink.as_ref());
         let old = cam.current_model();
         let pre = old.artifact.meta.preprocessing;
         let mut feed = SlotFeed {
@@ -232,6 +254,7 @@ impl Calibrator {
                 }
             }
         };
+        guard.finished = true;
         cam.end_calibration();
         self.set(&id, status);
     }
@@ -250,6 +273,35 @@ impl Calibrator {
     }
 }
 
+/// Ends a job that did not report its own end (its thread panicked, or never started):
+/// the camera's frames go back to scoring and `calibrate/state` says `failed`.
+struct JobGuard {
+    calibrator: Arc<Calibrator>,
+    cam: Arc<CameraRuntime>,
+    /// The model in service when the job started (it keeps serving).
+    model_id: String,
+    finished: bool,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let id = &self.cam.cfg.id;
+        tracing::error!(camera = %id, "calibration ended without a result (internal error): the current model keeps serving");
+        self.cam.end_calibration();
+        self.calibrator.set(
+            id,
+            CalibStatus::Failed {
+                reason: "internal error: the calibration ended without a result".into(),
+                refused: false,
+                model_id: Some(self.model_id.clone()),
+            },
+        );
+    }
+}
+
 /// `collecting 12/300`, `fitting`, ... for messages.
 pub fn describe(st: &CalibStatus) -> String {
     match st {
@@ -258,5 +310,112 @@ pub fn describe(st: &CalibStatus) -> String {
         CalibStatus::Fitting { frames } => format!("fitting on {frames} frames"),
         CalibStatus::Done { model_id, .. } => format!("done: model {model_id}"),
         CalibStatus::Failed { reason, .. } => format!("failed: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::Backbone;
+    use crate::messages::{Event, Health, State};
+
+    struct NullSink;
+    impl Sink for NullSink {
+        fn event(&self, _: &str, _: &Event) {}
+        fn state(&self, _: &str, _: &State) {}
+        fn snapshot(&self, _: &str, _: Vec<u8>) {}
+        fn health(&self, _: &str, _: &Health) {}
+    }
+
+    /// A camera serving a small model fitted on random features, and a calibrator.
+    fn camera_and_calibrator(state_dir: &std::path::Path) -> (Arc<CameraRuntime>, Arc<Calibrator>) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(crate::backbone::DEFAULT_BACKBONE);
+        let bb = TractBackbone::load(&path, 1, None).expect("backbone");
+        let dim = bb.info().feature_dim;
+        let n = 40;
+        let feats = crate::store::tests::noise(1, n * dim);
+        let cfg = crate::model::FitConfig::default();
+        let th = crate::fit::ThresholdConfig {
+            holdout: 0.2,
+            quantile: 0.99,
+        };
+        let (m, t, qs) = crate::fit::fit_with_threshold(&feats, n, dim, &cfg, &th).expect("fit");
+        let pre = crate::preprocess::PreprocessConfig::imagenet(224, 224);
+        let artifact = crate::fit::make_artifact(m, t, qs, bb.info(), pre, &cfg, n);
+        let cam_cfg: crate::config::CameraConfig =
+            toml::from_str("id = \"cam1\"\n[source]\ntype = \"synthetic\"\n").expect("camera");
+        let sink: Arc<dyn Sink> = Arc::new(NullSink);
+        let cam = Arc::new(CameraRuntime::new(
+            cam_cfg,
+            "n",
+            "vigil/n/cam1/snapshot".into(),
+            LoadedModel {
+                artifact,
+                path: state_dir.join("m.safetensors"),
+            },
+            Arc::new(FrameSlot::new()),
+        ));
+        let cal = Arc::new(Calibrator::new(
+            "n",
+            state_dir.to_path_buf(),
+            CalibrationConfig::default(),
+            bb,
+            None,
+            sink,
+            &["cam1".to_string()],
+        ));
+        (cam, cal)
+    }
+
+    #[test]
+    fn a_panicking_calibration_gives_the_camera_back_and_reports_failed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (cam, cal) = camera_and_calibrator(dir.path());
+        // No frame ever arrives: the feed asks the probe, which panics inside the job.
+        let probe: CaptureProbe = Box::new(|| panic!("injected fault in the calibration thread"));
+        let mut rx = cal
+            .start(cam.clone(), probe, &serde_json::json!({"frames": 50}))
+            .expect("started");
+        assert!(
+            cam.is_calibrating(),
+            "the camera is calibrating as soon as start() returns"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("rt");
+        let end = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                rx.wait_for(CalibStatus::is_terminal),
+            )
+            .await
+            .expect("a terminal state within 30 s")
+            .expect("status channel open")
+            .clone()
+        });
+        match end {
+            CalibStatus::Failed {
+                reason,
+                refused,
+                model_id,
+            } => {
+                assert!(reason.contains("internal error"), "{reason}");
+                assert!(!refused);
+                assert_eq!(
+                    model_id,
+                    Some(cam.current_model().artifact.meta.model_id.clone())
+                );
+            }
+            other => panic!("expected failed, got {other:?}"),
+        }
+        assert!(!cam.is_calibrating(), "frames go back to scoring");
+        // The camera can be calibrated again (the dead job does not block it).
+        let probe: CaptureProbe = Box::new(|| Some("capture stopped".into()));
+        cal.start(cam.clone(), probe, &serde_json::Value::Null)
+            .expect("a new calibration starts");
+        cal.shutdown();
+        assert!(!cam.is_calibrating());
     }
 }

@@ -77,8 +77,8 @@ pub struct HealthConfig {
     pub interval_s: f64,
     /// A camera with no frame for this long is `stalled` and its source is reopened. Default 10.
     pub stall_timeout_s: f64,
-    /// The systemd watchdog is fed only while some camera had a frame scored within this
-    /// many seconds. Default 30.
+    /// The systemd watchdog is fed only while some camera had a frame scored (or handed to
+    /// a running calibration) within this many seconds. Default 30.
     pub watchdog_frame_age_s: f64,
 }
 

@@ -11,6 +11,10 @@
 //!   ending with `done` or `failed`. Closing the connection does not cancel the calibration.
 //! * `{"cmd": "reload", "camera": "cam1"}`: load the camera's model from the store again
 //!   (after a rollback) → `{"ok": true, "model_id": "..."}`.
+//! * `{"cmd": "rollback", "camera": "cam1"}`: put the camera's previous stored model back in
+//!   service: the daemon moves the store's `current` pointer and swaps the model together
+//!   (refused while the camera calibrates) → `{"ok": true, "model_id": "...",
+//!   "previous_model_id": "...", "created": "..."}`.
 //! * `{"cmd": "status"}` → `{"ok": true, "cameras": {"cam1": {"model_id": ..., "calibration":
 //!   {...}}}}`.
 //!
@@ -61,6 +65,9 @@ pub enum Request {
         quantile: Option<f64>,
     },
     Reload {
+        camera: String,
+    },
+    Rollback {
         camera: String,
     },
     Status,

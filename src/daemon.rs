@@ -63,6 +63,32 @@ pub fn load_camera_model(
     Ok(LoadedModel { artifact, path })
 }
 
+/// The configured `[[camera]] threshold` to run with the model `served_id`, if any. It
+/// applies to the camera's configured model only: once the store's `current` pointer
+/// names another version (one a calibration produced), the calibrated threshold runs and
+/// the configured one is ignored, with a warning. A rollback to the configured model
+/// brings it back.
+pub fn configured_threshold(cam: &CameraConfig, state_dir: &Path, served_id: &str) -> Option<f64> {
+    let t = cam.threshold?;
+    let store = crate::store::ModelStore::new(state_dir, &cam.id);
+    if matches!(store.current_id(), Ok(None)) {
+        return Some(t); // no calibration yet: the configured model serves
+    }
+    let configured = Artifact::load(&cam.model_path(state_dir))
+        .ok()
+        .map(|a| a.meta.model_id);
+    if configured.as_deref() == Some(served_id) {
+        return Some(t);
+    }
+    tracing::warn!(
+        camera = %cam.id,
+        configured_threshold = t,
+        model_id = served_id,
+        "the configured threshold is ignored: the camera serves a calibrated model, whose own threshold applies (remove `threshold` from [[camera]], or roll back to the configured model to use it)"
+    );
+    None
+}
+
 /// Everything `check-config` verifies without opening a camera or the network.
 pub struct Checked {
     pub config: Config,
@@ -167,13 +193,17 @@ pub fn start_pipeline(
     let mut cameras = Vec::new();
     for (cam, model) in config.cameras.iter().zip(models) {
         let slot = Arc::new(FrameSlot::new());
-        cameras.push(Arc::new(CameraRuntime::new(
+        let threshold = configured_threshold(cam, &config.state_dir, &model.artifact.meta.model_id);
+        let rt = CameraRuntime::new(
             cam.clone(),
             &config.node,
             snapshot_topic(&cam.id),
             model,
             slot,
-        )));
+        );
+        *lock(&rt.threshold_override) = threshold;
+        *lock(&rt.configured_threshold) = cam.threshold;
+        cameras.push(Arc::new(rt));
     }
     let pipeline = Arc::new(Pipeline {
         node: config.node.clone(),
@@ -403,8 +433,11 @@ fn handle_control(
                     Ok(m) => {
                         let id = m.artifact.meta.model_id.clone();
                         tracing::info!(camera = %camera, old = %old.artifact.meta.model_id, new = %id, "model reloaded from the store");
+                        let mut cfg = c.cfg.clone();
+                        cfg.threshold = *lock(&c.configured_threshold);
+                        *lock(&c.threshold_override) =
+                            configured_threshold(&cfg, &config.state_dir, &id);
                         c.swap_model(m);
-                        *lock(&c.threshold_override) = None;
                         control::Reply::Once(serde_json::json!({
                             "ok": true,
                             "camera": camera,
@@ -415,6 +448,16 @@ fn handle_control(
                     Err(e) => control::Reply::Once(control::error_line(&e.to_string())),
                 }
             }
+        },
+        control::Request::Rollback { camera } => match find(&camera) {
+            None => unknown(&camera),
+            Some(c) if c.is_calibrating() => control::Reply::Once(control::error_line(&format!(
+                "camera {camera} is calibrating: try again when it is done"
+            ))),
+            Some(c) => control::Reply::Once(
+                rollback_camera(&c, config, &running.backbone_sha)
+                    .unwrap_or_else(|e| control::error_line(&e)),
+            ),
         },
         control::Request::Status => {
             let cams: serde_json::Map<String, serde_json::Value> = p
@@ -438,6 +481,49 @@ fn handle_control(
         }
     };
     let _ = inc.reply.send(reply);
+}
+
+/// Put a camera's previous stored model in service: under the store's lock, the model is
+/// loaded and checked first, then the pointer moves and the model is swapped, so the store
+/// and the daemon never disagree. The caller checked that the camera is not calibrating
+/// (calibrations start on the same task).
+fn rollback_camera(
+    c: &CameraRuntime,
+    config: &Config,
+    backbone_sha: &str,
+) -> Result<serde_json::Value, String> {
+    let camera = &c.cfg.id;
+    let store = crate::store::ModelStore::new(&config.state_dir, camera);
+    let old = c.current_model();
+    let old_id = old.artifact.meta.model_id.clone();
+    let _lock = store.lock().map_err(|e| e.to_string())?;
+    let prev = store.previous(Some(&old_id)).map_err(|e| e.to_string())?;
+    let artifact = Artifact::load(&prev.path).map_err(|e| e.to_string())?;
+    artifact
+        .check_backbone(&prev.path, backbone_sha, &config.inference.backbone)
+        .map_err(|e| e.to_string())?;
+    if artifact.meta.preprocessing != old.artifact.meta.preprocessing {
+        return Err(format!(
+            "{}: preprocessing differs from the running one's (restart vigil)",
+            prev.path.display()
+        ));
+    }
+    store.set_current(&prev.id).map_err(|e| e.to_string())?;
+    tracing::info!(camera = %camera, old = %old_id, new = %prev.id, "rolled back to the previous model");
+    let mut cfg = c.cfg.clone();
+    cfg.threshold = *lock(&c.configured_threshold);
+    *lock(&c.threshold_override) = configured_threshold(&cfg, &config.state_dir, &prev.id);
+    c.swap_model(LoadedModel {
+        artifact,
+        path: prev.path.clone(),
+    });
+    Ok(serde_json::json!({
+        "ok": true,
+        "camera": camera,
+        "model_id": prev.id,
+        "previous_model_id": old_id,
+        "created": prev.created,
+    }))
 }
 
 /// SIGHUP: re-read the file; swap models, thresholds, enabled flags and detector settings
@@ -464,6 +550,12 @@ fn reload(path: &Path, running: &Running) {
             tracing::warn!(camera = %cam.id, "new camera in the configuration: restart vigil to start it");
             continue;
         };
+        if rt.is_calibrating() {
+            // Its calibration swaps the model and threshold when it ends: reloading now
+            // would race it (as the control socket's reload refuses to).
+            tracing::warn!(camera = %cam.id, "camera is calibrating: its configuration is not reloaded (send SIGHUP again when the calibration is done)");
+            continue;
+        }
         if rt.cfg.source != cam.source {
             tracing::warn!(camera = %cam.id, "source changed: restart vigil to apply");
         }
@@ -472,7 +564,12 @@ fn reload(path: &Path, running: &Running) {
             tracing::info!(camera = %cam.id, old = %old.artifact.meta.model_id, new = %model.artifact.meta.model_id, "model swapped");
             rt.swap_model(model);
         }
-        *lock(&rt.threshold_override) = cam.threshold;
+        *lock(&rt.threshold_override) = configured_threshold(
+            cam,
+            &checked.config.state_dir,
+            &rt.current_model().artifact.meta.model_id,
+        );
+        *lock(&rt.configured_threshold) = cam.threshold;
         rt.enabled.store(cam.enabled, Ordering::Relaxed);
         if rt.cfg.detector != cam.detector {
             let topic = format!(
@@ -594,8 +691,9 @@ pub async fn serve(
                 notify(&[sd_notify::NotifyState::Status(&status)]);
             }
             _ = wd_tick.tick() => {
-                // Feed the watchdog only while frames are actually being scored.
-                if running.pipeline.last_scored_age().is_some_and(|a| a <= max_age) {
+                // Feed the watchdog only while frames flow through the workers (scored, or
+                // handed to a calibration).
+                if running.pipeline.last_frame_age().is_some_and(|a| a <= max_age) {
                     notify(&[sd_notify::NotifyState::Watchdog]);
                 }
             }

@@ -698,6 +698,9 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
             "where should the model go? give --config (or --state-dir and --camera), or --out FILE",
         )),
     };
+    if let (None, Some(id)) = (&a.out, &cam_id) {
+        refuse_if_daemon_runs(&t, id)?;
+    }
     let current = match (&cam_id, &state_dir) {
         (Some(id), Some(dir)) => in_service(id, t.camera.as_ref(), dir)?,
         _ => None,
@@ -788,9 +791,10 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
                 .as_ref()
                 .map(|c| c.calibration.keep_models)
                 .unwrap_or(defaults.keep_models);
-            let path = store.add(&cal.artifact, keep)?;
-            reload_in_daemon(&t, id)?;
-            path
+            // Checked again at the last moment: a daemon started meanwhile would keep
+            // serving its model while the pointer moved.
+            refuse_if_daemon_runs(&t, id)?;
+            store.add(&cal.artifact, keep)?
         }
         _ => return Err(config_error("no output for the model")),
     };
@@ -863,21 +867,19 @@ fn calibrate_via_daemon(mut lines: control::Lines, camera: &str, frames: usize) 
     }
 }
 
-/// After the store changed behind a running daemon: ask it to load the camera's model.
-fn reload_in_daemon(t: &Target, camera: &str) -> Result<()> {
+/// A standalone calibration moves the store's pointer itself: only while no daemon answers
+/// on the control socket (a running daemon owns the store and the camera).
+fn refuse_if_daemon_runs(t: &Target, camera: &str) -> Result<()> {
     let Some(cfg) = &t.config else { return Ok(()) };
     let socket = control::socket_path(&cfg.runtime_dir);
-    let req = control::Request::Reload {
-        camera: camera.to_string(),
-    };
-    if let Some(mut lines) = control::connect(&socket, &req).map_err(unavailable)? {
-        let v = lines.next_value().map_err(unavailable)?;
-        eprintln!(
-            "the running daemon now serves {} on {camera}",
-            v.as_ref()
-                .and_then(|v| v["model_id"].as_str())
-                .unwrap_or("?")
-        );
+    if control::connect(&socket, &control::Request::Status)
+        .map_err(unavailable)?
+        .is_some()
+    {
+        return Err(unavailable(format!(
+            "vigil is running (control socket {}): it owns camera {camera}'s model store. Calibrate through it (without --standalone / --source), write to a file with --out, or stop vigil first",
+            socket.display()
+        )));
     }
     Ok(())
 }
@@ -973,10 +975,33 @@ fn cmd_model_rollback(a: &StoreArgs) -> Result<()> {
         .camera_id
         .clone()
         .ok_or_else(|| config_error("give --camera"))?;
+    // A running daemon owns the store: it moves the pointer and swaps the model together.
+    if let Some(cfg) = &t.config {
+        let socket = control::socket_path(&cfg.runtime_dir);
+        let req = control::Request::Rollback { camera: id.clone() };
+        if let Some(mut lines) = control::connect(&socket, &req).map_err(unavailable)? {
+            let v = lines
+                .next_value()
+                .map_err(unavailable)?
+                .ok_or_else(|| unavailable("the daemon closed the connection without a reply"))?;
+            let (now, before) = (v["model_id"].as_str(), v["previous_model_id"].as_str());
+            eprintln!(
+                "camera {id}: rolled back from {} to {} (created {}); the running daemon now serves {} on {id}",
+                before.unwrap_or("none"),
+                now.unwrap_or("?"),
+                v["created"].as_str().unwrap_or("?"),
+                now.unwrap_or("?"),
+            );
+            println!(
+                "{}",
+                serde_json::json!({"camera": id, "model_id": now, "previous_model_id": before})
+            );
+            return Ok(());
+        }
+    }
     let before = in_service(&id, t.camera.as_ref(), &dir)?.map(|(m, _)| m.meta.model_id);
     let store = ModelStore::new(&dir, &id);
     let now = store.rollback(before.as_deref())?;
-    reload_in_daemon(&t, &id)?;
     eprintln!(
         "camera {id}: rolled back from {} to {} (created {})",
         before.as_deref().unwrap_or("none"),

@@ -52,6 +52,9 @@ pub struct CameraCounters {
     pub events: AtomicU64,
     /// Milliseconds since the pipeline's epoch of the last scored frame (0 = never).
     pub last_scored_ms: AtomicU64,
+    /// Milliseconds since the pipeline's epoch of the last frame handed to a calibration
+    /// (0 = never): the pipeline is alive while a camera calibrates.
+    pub last_calibration_frame_ms: AtomicU64,
 }
 
 struct DetectorState {
@@ -70,6 +73,9 @@ pub struct CameraRuntime {
     pub slot: Arc<FrameSlot>,
     pub model: RwLock<Arc<LoadedModel>>,
     pub threshold_override: Mutex<Option<f64>>,
+    /// `[[camera]] threshold` as last (re)loaded: it applies to the configured model only
+    /// (see [`crate::daemon::configured_threshold`]).
+    pub configured_threshold: Mutex<Option<f64>>,
     pub enabled: AtomicBool,
     pub counters: CameraCounters,
     detector: Mutex<DetectorState>,
@@ -92,6 +98,7 @@ impl CameraRuntime {
         CameraRuntime {
             enabled: AtomicBool::new(cfg.enabled),
             threshold_override: Mutex::new(cfg.threshold),
+            configured_threshold: Mutex::new(cfg.threshold),
             cfg,
             slot,
             model: RwLock::new(Arc::new(model)),
@@ -205,12 +212,23 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Milliseconds since the epoch of the most recent scored frame on any camera.
-    pub fn last_scored_age(&self) -> Option<Duration> {
+    /// Milliseconds since the pipeline's epoch, never 0 (0 means "never" in the counters).
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis().max(1) as u64
+    }
+
+    /// Age of the most recent frame the workers handled on any camera: scored, or handed
+    /// to a calibration (the systemd watchdog is fed while this is recent).
+    pub fn last_frame_age(&self) -> Option<Duration> {
         let last = self
             .cameras
             .iter()
-            .map(|c| c.counters.last_scored_ms.load(Ordering::Relaxed))
+            .flat_map(|c| {
+                [
+                    c.counters.last_scored_ms.load(Ordering::Relaxed),
+                    c.counters.last_calibration_frame_ms.load(Ordering::Relaxed),
+                ]
+            })
             .max()
             .unwrap_or(0);
         if last == 0 {
@@ -275,6 +293,9 @@ fn worker_loop(index: usize, p: &Pipeline, mut bb: TractBackbone) {
         let cam = &p.cameras[ci];
         if let Some(tap) = lock(&cam.calibration_tap).as_ref() {
             tap.put(frame);
+            cam.counters
+                .last_calibration_frame_ms
+                .store(p.now_ms(), Ordering::Relaxed);
             continue;
         }
         if let Err(e) = process(
@@ -326,10 +347,9 @@ fn process(
     };
     let t4 = Instant::now();
     cam.counters.scored.fetch_add(1, Ordering::Relaxed);
-    cam.counters.last_scored_ms.store(
-        p.epoch.elapsed().as_millis().max(1) as u64,
-        Ordering::Relaxed,
-    );
+    cam.counters
+        .last_scored_ms
+        .store(p.now_ms(), Ordering::Relaxed);
     *lock(&cam.last_score) = Some((score.log_density, score.pred_score));
     let model_id = &model.artifact.meta.model_id;
     let enabled = cam.enabled.load(Ordering::Relaxed);

@@ -18,6 +18,9 @@ use crate::config::CameraConfig;
 
 /// Name of the pointer file inside a camera's store.
 pub const CURRENT: &str = "current";
+/// Advisory lock (`flock`) taken around every change of a store, by the CLI and the
+/// daemon alike.
+pub const LOCK: &str = ".lock";
 const EXT: &str = "safetensors";
 
 #[derive(Debug, Error)]
@@ -60,6 +63,12 @@ pub struct StoredModel {
     pub threshold: f64,
     /// The `current` pointer names it.
     pub current: bool,
+}
+
+/// An exclusive hold on a camera's store; released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: std::fs::File,
 }
 
 /// The store of one camera.
@@ -149,14 +158,30 @@ impl ModelStore {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))
     }
 
+    /// Take the store's advisory lock (blocks while another process or thread holds it).
+    /// `import`, `add` and `rollback` take it themselves; hold it around
+    /// [`ModelStore::previous`] + [`ModelStore::set_current`] to move the pointer.
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        self.ensure_dir()?;
+        let p = self.dir.join(LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io(&p))?;
+        file.lock().map_err(io(&p))?;
+        Ok(StoreLock { _file: file })
+    }
+
     /// Copy an existing model file (the configured one, in service before the first
     /// calibration) into the store unless a version with its id is already there.
     pub fn import(&self, artifact: &Artifact, file: &Path) -> Result<(), StoreError> {
         let dst = self.version_path(&artifact.meta.model_id);
+        let _lock = self.lock()?;
         if dst.is_file() {
             return Ok(());
         }
-        self.ensure_dir()?;
         let bytes = std::fs::read(file).map_err(io(file))?;
         write_atomic(&dst, &bytes).map_err(io(&dst))
     }
@@ -164,15 +189,18 @@ impl ModelStore {
     /// Write a new version, point `current` at it and prune old versions beyond `keep`.
     /// Returns the new file's path.
     pub fn add(&self, artifact: &Artifact, keep: usize) -> Result<PathBuf, StoreError> {
-        self.ensure_dir()?;
+        let _lock = self.lock()?;
         let path = self.version_path(&artifact.meta.model_id);
         artifact.save(&path)?;
         self.set_current(&artifact.meta.model_id)?;
-        self.prune(keep)?;
+        // The new version is in service: failing to tidy up old ones is not a failure.
+        if let Err(e) = self.prune(keep) {
+            tracing::warn!(camera = %self.camera, error = %e, "old model versions not pruned");
+        }
         Ok(path)
     }
 
-    /// Point `current` at a stored version.
+    /// Point `current` at a stored version (the caller holds [`ModelStore::lock`]).
     pub fn set_current(&self, id: &str) -> Result<(), StoreError> {
         if id.is_empty() || id.contains('/') || !self.version_path(id).is_file() {
             return Err(StoreError::UnknownModel {
@@ -185,9 +213,19 @@ impl ModelStore {
         write_atomic(&p, format!("{id}\n").as_bytes()).map_err(io(&p))
     }
 
-    /// Move `current` to the newest version created before the current one. `in_service`
-    /// is the id served when the store has no pointer yet (the configured model).
+    /// Move `current` to the version before the current one ([`ModelStore::previous`]).
+    /// `in_service` is the id served when the store has no pointer yet (the configured
+    /// model).
     pub fn rollback(&self, in_service: Option<&str>) -> Result<StoredModel, StoreError> {
+        let _lock = self.lock()?;
+        let prev = self.previous(in_service)?;
+        self.set_current(&prev.id)?;
+        Ok(prev)
+    }
+
+    /// The version a rollback returns to: the newest created before the current one.
+    /// Nothing is changed.
+    pub fn previous(&self, in_service: Option<&str>) -> Result<StoredModel, StoreError> {
         let list = self.list()?;
         let current = self
             .current_id()?
@@ -210,24 +248,37 @@ impl ModelStore {
                 reason: format!("{current} is the oldest stored model"),
             });
         }
-        let prev = list[pos - 1].clone();
-        self.set_current(&prev.id)?;
         Ok(StoredModel {
             current: true,
-            ..prev
+            ..list[pos - 1].clone()
         })
     }
 
-    /// Remove the oldest versions beyond `keep`, never the one in service.
+    /// Remove the oldest versions beyond `keep`, never the one in service (the caller holds
+    /// the lock).
     fn prune(&self, keep: usize) -> Result<(), StoreError> {
         let list = self.list()?;
         let excess = list.len().saturating_sub(keep.max(1));
         for m in list.iter().filter(|m| !m.current).take(excess) {
-            std::fs::remove_file(&m.path).map_err(io(&m.path))?;
+            remove_version(&m.path).map_err(io(&m.path))?;
             tracing::info!(camera = %self.camera, model_id = %m.id, "old model version removed");
         }
         Ok(())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: make removing a stored version fail (on this thread).
+    static FAIL_REMOVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn remove_version(path: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    if FAIL_REMOVE.get() {
+        return Err(std::io::Error::other("injected removal failure"));
+    }
+    std::fs::remove_file(path)
 }
 
 /// The model file a camera serves: the store's `current` version when there is one, else
@@ -239,7 +290,7 @@ pub fn camera_model_path(cam: &CameraConfig, state_dir: &Path) -> Result<PathBuf
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -252,5 +303,78 @@ mod tests {
         let e = store.current_path().expect_err("dangling");
         assert!(e.to_string().contains("abc123"), "{e}");
         assert!(store.set_current("../x").is_err());
+    }
+
+    /// Deterministic pseudo-random values in [0, 1) (splitmix64).
+    pub(crate) fn noise(seed: u64, len: usize) -> Vec<f32> {
+        let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect()
+    }
+
+    /// A small model with a distinct id per `seed`.
+    pub(crate) fn tiny_artifact(seed: u64) -> Artifact {
+        let (n, dim) = (30, 8);
+        let feats = noise(seed, n * dim);
+        let cfg = crate::model::FitConfig {
+            n_components: 4,
+            seed,
+            ..crate::model::FitConfig::default()
+        };
+        let th = crate::fit::ThresholdConfig {
+            holdout: 0.2,
+            quantile: 0.99,
+        };
+        let (m, t, qs) = crate::fit::fit_with_threshold(&feats, n, dim, &cfg, &th).expect("fit");
+        let info = crate::backbone::BackboneInfo {
+            path: PathBuf::from("bb.onnx"),
+            sha256: "0".repeat(64),
+            input_width: 224,
+            input_height: 224,
+            feature_dim: dim,
+            batch: 1,
+            outputs: vec!["out".into()],
+        };
+        let pre = crate::preprocess::PreprocessConfig::imagenet(224, 224);
+        crate::fit::make_artifact(m, t, qs, &info, pre, &cfg, n)
+    }
+
+    #[test]
+    fn a_successful_add_is_reported_even_when_pruning_old_versions_fails() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = ModelStore::new(dir.path(), "cam1");
+        let ids: Vec<String> = (0..3)
+            .map(|i| {
+                let a = tiny_artifact(i);
+                store.add(&a, 2).expect("add");
+                a.meta.model_id
+            })
+            .collect();
+        assert_eq!(store.list().expect("list").len(), 2, "pruned to keep = 2");
+        FAIL_REMOVE.set(true);
+        let a = tiny_artifact(9);
+        let path = store.add(&a, 2);
+        FAIL_REMOVE.set(false);
+        let path = path.expect("the new version is in service: add succeeds");
+        assert!(path.is_file());
+        assert_eq!(
+            store.current_id().expect("id"),
+            Some(a.meta.model_id.clone())
+        );
+        let listed: Vec<String> = store
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert!(listed.contains(&ids[2]), "nothing was pruned: {listed:?}");
+        assert_eq!(listed.len(), 3);
     }
 }

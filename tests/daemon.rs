@@ -958,7 +958,8 @@ fn remote_calibration_switches_the_model_id_in_later_events_without_restart_or_l
 }
 
 #[test]
-fn cli_calibrate_goes_through_the_running_daemon_and_rollback_restores_the_old_model_id() {
+fn cli_calibrate_and_rollback_go_through_the_running_daemon_and_rollback_is_refused_while_calibrating(
+) {
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Broker::start();
     let (_model, frames) = setup(dir.path());
@@ -1023,22 +1024,94 @@ fn cli_calibrate_goes_through_the_running_daemon_and_rollback_restores_the_old_m
         },
     );
 
+    // A second calibration through the daemon (C), then a rollback through the daemon: the
+    // pointer and the model in service move together (C → B).
+    let pointer = dir.path().join("state/models/cam1/current");
+    let read_pointer = || {
+        std::fs::read_to_string(&pointer)
+            .expect("pointer")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read_pointer(), new_id);
+    let (third, _) = cli(&[
+        "calibrate",
+        "--config",
+        c,
+        "--frames",
+        "40",
+        "--interval",
+        "0",
+    ]);
+    let third_id = third["model_id"].as_str().expect("id").to_string();
+    assert_eq!(read_pointer(), third_id);
     let (back, stderr) = cli(&["model", "rollback", "--config", c]);
-    assert_eq!(back["model_id"], old_id.as_str());
+    assert_eq!(back["model_id"], new_id.as_str());
+    assert_eq!(back["previous_model_id"], third_id.as_str());
     assert!(
-        stderr.contains(&format!("running daemon now serves {old_id}")),
+        stderr.contains(&format!("running daemon now serves {new_id}")),
         "{stderr}"
     );
+    assert_eq!(read_pointer(), new_id);
     wait_for(
         &msgs,
-        "state with the old model again",
+        "state with the second model again",
         Duration::from_secs(20),
         |m| {
             json_of(m, "/cam1/state")
                 .last()
-                .is_some_and(|s| s["model_id"] == old_id.as_str())
+                .is_some_and(|s| s["model_id"] == new_id.as_str())
         },
     );
+
+    // A long calibration (cancelled at shutdown): meanwhile a rollback is refused and moves
+    // nothing, and a standalone calibration into the store is refused.
+    let mut slow = control(
+        dir.path(),
+        &serde_json::json!({"cmd": "calibrate", "camera": "cam1", "frames": 300, "interval_s": 0.5}),
+    );
+    assert_eq!(next_json(&mut slow)["state"], "collecting");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .env("VIGIL_LOG", "warn")
+            .output()
+            .expect("run vigil")
+    };
+    let out = run(&["model", "rollback", "--config", c]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("is calibrating"), "{stderr}");
+    assert_eq!(
+        read_pointer(),
+        new_id,
+        "a refused rollback leaves `current` alone"
+    );
+    let out = run(&[
+        "calibrate",
+        "--config",
+        c,
+        "--source",
+        "synthetic",
+        "--frames",
+        "50",
+        "--interval",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("vigil is running"), "{stderr}");
+    assert_eq!(read_pointer(), new_id);
+    let status = next_json(&mut control(
+        dir.path(),
+        &serde_json::json!({"cmd": "status"}),
+    ));
+    assert_eq!(
+        status["cameras"]["cam1"]["calibration"]["state"],
+        "collecting"
+    );
+    assert_eq!(status["cameras"]["cam1"]["model_id"], new_id.as_str());
+
     assert!(daemon.try_wait().expect("wait").is_none(), "no restart");
     signal(&daemon, "TERM");
     assert!(daemon.wait().expect("wait").success());
@@ -1046,4 +1119,288 @@ fn cli_calibrate_goes_through_the_running_daemon_and_rollback_restores_the_old_m
         !dir.path().join("run/control.sock").exists(),
         "socket removed at exit"
     );
+    assert_eq!(
+        read_pointer(),
+        new_id,
+        "the cancelled calibration moved nothing"
+    );
+    // Without a daemon the CLI rolls back in the store itself (B → A).
+    let (back, _) = cli(&["model", "rollback", "--config", c]);
+    assert_eq!(back["model_id"], old_id.as_str());
+    assert_eq!(read_pointer(), old_id);
+}
+
+/// Send one control-socket request; the reply lines, read as they come.
+fn control(
+    dir: &Path,
+    request: &serde_json::Value,
+) -> std::io::Lines<std::io::BufReader<std::os::unix::net::UnixStream>> {
+    use std::io::{BufRead, Write};
+    let sock = dir.join("run/control.sock");
+    let t0 = Instant::now();
+    let mut stream = loop {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(s) => break s,
+            Err(e) if t0.elapsed() > Duration::from_secs(60) => {
+                panic!("control socket {}: {e}", sock.display())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .expect("request");
+    std::io::BufReader::new(stream).lines()
+}
+
+/// The next JSON line of a control-socket reply.
+fn next_json(
+    lines: &mut std::io::Lines<std::io::BufReader<std::os::unix::net::UnixStream>>,
+) -> serde_json::Value {
+    let line = lines.next().expect("a reply line").expect("read");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+type Notes = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// Bind a NOTIFY_SOCKET and collect every datagram with its arrival time.
+fn notify_listener(path: &Path) -> Notes {
+    let sock = std::os::unix::net::UnixDatagram::bind(path).expect("bind");
+    let notes: Notes = Arc::new(Mutex::new(Vec::new()));
+    let out = notes.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            out.lock().expect("lock").push((Instant::now(), msg));
+        }
+    });
+    notes
+}
+
+fn pings_between(notes: &Notes, from: Instant, to: Instant) -> Vec<Instant> {
+    notes
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(t, m)| *t >= from && *t <= to && m.contains("WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+#[test]
+fn the_watchdog_keeps_being_fed_while_the_only_camera_calibrates() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("loop = false", "loop = true")
+        .replace(
+            "[health]\ninterval_s = 1\n",
+            "[health]\ninterval_s = 1\nwatchdog_frame_age_s = 2\n",
+        )
+        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
+    std::fs::write(&config, &text).expect("write");
+    let notes = notify_listener(&dir.path().join("notify.sock"));
+    let log = dir.path().join("daemon.log");
+    let file = std::fs::File::create(&log).expect("log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config", config.to_str().expect("utf8")])
+        .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
+        .env("WATCHDOG_USEC", "1500000")
+        .env("VIGIL_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("spawn");
+    let t0 = Instant::now();
+    while pings_between(&notes, t0, Instant::now()).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "no WATCHDOG=1 while frames are scored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A slow calibration: 30 frames, one a second. The camera's frames all go to it.
+    let mut cal = control(
+        dir.path(),
+        &serde_json::json!({"cmd": "calibrate", "camera": "cam1", "frames": 30, "interval_s": 1}),
+    );
+    let first = next_json(&mut cal);
+    assert_eq!(first["state"], "collecting", "{first}");
+    let started = Instant::now();
+    // Longer than watchdog_frame_age_s with no frame scored at all.
+    std::thread::sleep(Duration::from_secs(9));
+    let window = (started + Duration::from_secs(3), Instant::now());
+    let status = next_json(&mut control(
+        dir.path(),
+        &serde_json::json!({"cmd": "status"}),
+    ));
+    assert_eq!(
+        status["cameras"]["cam1"]["calibration"]["state"], "collecting",
+        "the calibration must still be collecting for this test to mean anything: {status}"
+    );
+    let pings = pings_between(&notes, window.0, window.1);
+    // SIGHUP during the calibration leaves the calibrating camera alone.
+    signal(&daemon, "HUP");
+    let t1 = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("camera is calibrating: its configuration is not reloaded")
+    {
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "SIGHUP must skip the calibrating camera"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = next_json(&mut control(
+        dir.path(),
+        &serde_json::json!({"cmd": "status"}),
+    ));
+    assert_eq!(
+        status["cameras"]["cam1"]["calibration"]["state"],
+        "collecting"
+    );
+    assert!(
+        pings.len() >= 6,
+        "the watchdog must be fed while the camera calibrates: {} pings in 6 s",
+        pings.len()
+    );
+    let mut edges = vec![window.0];
+    edges.extend(&pings);
+    edges.push(window.1);
+    let gap = edges
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .expect("gap");
+    assert!(gap < Duration::from_millis(1500), "watchdog gap {gap:?}");
+    assert!(daemon.try_wait().expect("wait").is_none());
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+}
+
+#[test]
+fn a_configured_threshold_gives_way_to_the_calibrated_one_at_start_on_sighup_and_comes_back_on_rollback(
+) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let goods =
+        list_images(&common::shared_dir().join("data/magnetic_tile/train/good")).expect("train");
+    let normals = dir.path().join("normals");
+    std::fs::create_dir_all(&normals).expect("mkdir");
+    link(&goods[300..340], &normals, "n_");
+    let config = write_config(dir.path(), broker.port, &frames, "threshold = -12345.5");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("loop = false", "loop = true")
+        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
+    std::fs::write(&config, text).expect("write");
+    let c = config.to_str().expect("utf8");
+    // A technician calibrated while vigil was stopped.
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "calibrate",
+            "--config",
+            c,
+            "--source",
+            normals.to_str().expect("utf8"),
+            "--frames",
+            "40",
+            "--interval",
+            "0",
+        ])
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .expect("run vigil");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("line")).expect("json");
+    let calibrated_id = done["model_id"].as_str().expect("id").to_string();
+    let calibrated_threshold = done["threshold"].as_f64().expect("threshold");
+    let configured_id = done["previous_model_id"].as_str().expect("id").to_string();
+
+    let log = dir.path().join("daemon.log");
+    let msgs = subscribe(broker.port, "vigil/testnode/cam1/state");
+    let mut daemon = spawn_daemon_logging(&config, &log);
+    let ignored = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("the configured threshold is ignored")
+            .count()
+    };
+    let state_is = |what: &str, id: &str, threshold: f64| {
+        wait_for(&msgs, what, Duration::from_secs(60), |m| {
+            json_of(m, "/state")
+                .last()
+                .is_some_and(|s| s["model_id"] == id && s["threshold"].as_f64() == Some(threshold))
+        });
+    };
+    state_is(
+        "the calibrated model with its own threshold",
+        &calibrated_id,
+        calibrated_threshold,
+    );
+    assert_eq!(ignored(), 1, "a warning at start");
+    assert!(json_of(&msgs.lock().expect("lock"), "/state")
+        .iter()
+        .all(|s| s["threshold"] != -12345.5));
+
+    signal(&daemon, "HUP");
+    let t0 = Instant::now();
+    while ignored() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "a warning on reload"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    msgs.lock().expect("lock").clear();
+    // States are re-published every second: the next ones still carry the calibrated value.
+    wait_for(
+        &msgs,
+        "two states after the reload",
+        Duration::from_secs(20),
+        |m| json_of(m, "/state").len() >= 2,
+    );
+    assert!(
+        json_of(&msgs.lock().expect("lock"), "/state")
+            .iter()
+            .all(|s| s["threshold"].as_f64() == Some(calibrated_threshold)),
+        "SIGHUP must not put the configured threshold back over the calibrated one"
+    );
+
+    // Back on the configured model, the configured threshold applies again.
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["model", "rollback", "--config", c])
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .expect("run vigil");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    state_is(
+        "the configured model with the configured threshold",
+        &configured_id,
+        -12345.5,
+    );
+    assert!(daemon.try_wait().expect("wait").is_none());
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
 }
