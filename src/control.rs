@@ -121,11 +121,22 @@ pub fn listen(
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
     }
     tracing::info!(path = %path.display(), "control socket listening");
+    // At most MAX_CONNECTIONS clients at once; more are closed at once (a local client
+    // cannot pin the daemon's memory or file descriptors).
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, tx.clone()));
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!("control socket: too many clients, connection closed");
+                        continue;
+                    };
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        connection(stream, tx).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "control socket accept failed");
@@ -136,11 +147,19 @@ pub fn listen(
     }))
 }
 
+/// Clients served at once.
+const MAX_CONNECTIONS: usize = 16;
+/// The longest request line read; a longer one is cut there and fails to parse.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// How long a client has to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn connection(stream: tokio::net::UnixStream, tx: mpsc::Sender<Incoming>) {
+    use tokio::io::AsyncReadExt;
     let (rd, mut wr) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(rd).lines();
-    let line = match lines.next_line().await {
-        Ok(Some(l)) => l,
+    let mut lines = tokio::io::BufReader::new(rd.take(MAX_REQUEST_BYTES)).lines();
+    let line = match tokio::time::timeout(REQUEST_TIMEOUT, lines.next_line()).await {
+        Ok(Ok(Some(l))) => l,
         _ => return,
     };
     let send = |v: serde_json::Value| {
@@ -281,5 +300,31 @@ mod tests {
         assert_eq!(back, r);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reload","camera":"c","x":1}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_line_is_refused_without_reaching_the_daemon() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("control.sock");
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = listen(&path, tx).expect("listen");
+        let p = path.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut s = UnixStream::connect(&p).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            // A syntactically valid request padded past the cap: cut, it no longer parses.
+            let pad = " ".repeat(MAX_REQUEST_BYTES as usize);
+            let line = format!("{{\"cmd\":\"status\"{pad}}}\n");
+            let _ = s.write_all(line.as_bytes());
+            let mut answer = String::new();
+            let _ = BufReader::new(s).read_line(&mut answer);
+            answer
+        })
+        .await
+        .expect("client");
+        assert!(answer.contains("bad request"), "{answer}");
+        assert!(rx.try_recv().is_err(), "the daemon saw the request");
+        task.abort();
     }
 }

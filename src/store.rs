@@ -36,12 +36,22 @@ pub enum StoreError {
     Artifact(#[from] ArtifactError),
     #[error("camera {camera}: no earlier model to roll back to ({reason})")]
     NothingToRollBack { camera: String, reason: String },
+    #[error("model id `{id}` is not 12 lowercase hex digits: refused as a file name in the store")]
+    InvalidId { id: String },
     #[error("camera {camera}: no model `{id}` in {path}")]
     UnknownModel {
         camera: String,
         id: String,
         path: PathBuf,
     },
+}
+
+/// Whether `id` has the shape of a vigil model id (12 lowercase hex digits).
+pub fn is_model_id(id: &str) -> bool {
+    id.len() == 12
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -90,8 +100,14 @@ impl ModelStore {
         &self.dir
     }
 
-    fn version_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.{EXT}"))
+    /// The file of version `id`. Ids become file names, so only what vigil itself mints
+    /// (12 lowercase hex digits, see `Artifact`) is accepted: an artifact or pointer file
+    /// naming `../x` can never reach outside the store.
+    fn version_path(&self, id: &str) -> Result<PathBuf, StoreError> {
+        if !is_model_id(id) {
+            return Err(StoreError::InvalidId { id: id.to_string() });
+        }
+        Ok(self.dir.join(format!("{id}.{EXT}")))
     }
 
     /// The id the `current` pointer names, if there is a pointer.
@@ -109,13 +125,15 @@ impl ModelStore {
         let Some(id) = self.current_id()? else {
             return Ok(None);
         };
-        let path = self.version_path(&id);
-        if id.is_empty() || id.contains('/') || !path.is_file() {
-            return Err(StoreError::DanglingPointer {
-                path: self.dir.clone(),
-                id,
-            });
-        }
+        let path = match self.version_path(&id) {
+            Ok(p) if p.is_file() => p,
+            _ => {
+                return Err(StoreError::DanglingPointer {
+                    path: self.dir.clone(),
+                    id,
+                })
+            }
+        };
         Ok(Some(path))
     }
 
@@ -177,7 +195,7 @@ impl ModelStore {
     /// Copy an existing model file (the configured one, in service before the first
     /// calibration) into the store unless a version with its id is already there.
     pub fn import(&self, artifact: &Artifact, file: &Path) -> Result<(), StoreError> {
-        let dst = self.version_path(&artifact.meta.model_id);
+        let dst = self.version_path(&artifact.meta.model_id)?;
         let _lock = self.lock()?;
         if dst.is_file() {
             return Ok(());
@@ -190,7 +208,7 @@ impl ModelStore {
     /// Returns the new file's path.
     pub fn add(&self, artifact: &Artifact, keep: usize) -> Result<PathBuf, StoreError> {
         let _lock = self.lock()?;
-        let path = self.version_path(&artifact.meta.model_id);
+        let path = self.version_path(&artifact.meta.model_id)?;
         artifact.save(&path)?;
         self.set_current(&artifact.meta.model_id)?;
         // The new version is in service: failing to tidy up old ones is not a failure.
@@ -202,7 +220,7 @@ impl ModelStore {
 
     /// Point `current` at a stored version (the caller holds [`ModelStore::lock`]).
     pub fn set_current(&self, id: &str) -> Result<(), StoreError> {
-        if id.is_empty() || id.contains('/') || !self.version_path(id).is_file() {
+        if !self.version_path(id).is_ok_and(|p| p.is_file()) {
             return Err(StoreError::UnknownModel {
                 camera: self.camera.clone(),
                 id: id.to_string(),
@@ -344,6 +362,35 @@ pub(crate) mod tests {
         };
         let pre = crate::preprocess::PreprocessConfig::imagenet(224, 224);
         crate::fit::make_artifact(m, t, qs, &info, pre, &cfg, n)
+    }
+
+    #[test]
+    fn model_ids_that_are_not_vigil_ids_never_become_paths() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = ModelStore::new(dir.path(), "cam1");
+        let mut a = tiny_artifact(3);
+        assert!(is_model_id(&a.meta.model_id), "minted ids pass");
+        a.meta.model_id = "../../escape".into();
+        assert!(matches!(
+            store.import(&a, Path::new("/nonexistent")),
+            Err(StoreError::InvalidId { .. })
+        ));
+        for bad in [
+            "",
+            "ABCDEF012345",
+            "abcdef01234",
+            "abcdef0123456",
+            "abcdef01234/",
+        ] {
+            assert!(!is_model_id(bad), "{bad:?}");
+        }
+        // A pointer file naming a path is a dangling pointer, not a file outside the store.
+        store.add(&tiny_artifact(4), 5).expect("add");
+        std::fs::write(store.dir.join(CURRENT), "../../etc/passwd").expect("write pointer");
+        assert!(matches!(
+            store.current_path(),
+            Err(StoreError::DanglingPointer { .. })
+        ));
     }
 
     #[test]
