@@ -366,8 +366,18 @@ fn handle_command(
             }
         }
         Command::Calibrate { camera, payload } => {
-            let (Some(c), Some(probe)) = (find(&camera), running.capture_probe(&camera)) else {
-                return;
+            let (c, probe) = match (find(&camera), running.capture_probe(&camera)) {
+                (Some(c), Some(probe)) => (c, probe),
+                // The MQTT layer only routes configured cameras; one without a running
+                // capture (disabled, or its source failed to start) has no frames to give.
+                (Some(_), None) => {
+                    calibrator.refuse(
+                        &camera,
+                        "the camera has no running capture to calibrate from",
+                    );
+                    return;
+                }
+                (None, _) => return,
             };
             if let Err(reason) = calibrator.start(c, probe, &payload) {
                 calibrator.refuse(&camera, &reason);
