@@ -4,26 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("VIGIL_LOG", "warn")
-        .output()
-        .expect("run vigil")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = vigil(args);
-    assert!(
-        out.status.success(),
-        "vigil {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
-}
+use common::{ok, vigil};
 
 /// The last JSON line on stdout.
 fn last_json(out: &str) -> serde_json::Value {

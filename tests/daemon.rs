@@ -122,6 +122,21 @@ fn wait_for(
     panic!("timed out waiting for {what}; got:\n{}", got.join("\n"));
 }
 
+/// Wait until every event the daemon logged as queued (`logged_events`) was received.
+fn wait_for_every_logged_event(
+    msgs: &Messages,
+    logged: &std::collections::BTreeSet<(String, u64)>,
+    timeout: Duration,
+) {
+    wait_for(msgs, "every logged event", timeout, |m| {
+        let got: std::collections::BTreeSet<(String, u64)> = json_of(m, "/event")
+            .iter()
+            .filter_map(|e| Some((e["id"].as_str()?.to_string(), e["seq"].as_u64()?)))
+            .collect();
+        logged.iter().all(|k| got.contains(k))
+    });
+}
+
 fn json_of(msgs: &[(String, Vec<u8>)], suffix: &str) -> Vec<serde_json::Value> {
     msgs.iter()
         .filter(|(t, _)| t.ends_with(suffix))
@@ -493,13 +508,7 @@ fn every_event_arrives_at_least_once_across_broker_and_daemon_kills() {
 
     let logged = logged_events(&log);
     assert!(logged.len() >= 4, "too few events logged: {logged:?}");
-    wait_for(&msgs, "every logged event", Duration::from_secs(30), |m| {
-        let got: std::collections::BTreeSet<(String, u64)> = json_of(m, "/event")
-            .iter()
-            .filter_map(|e| Some((e["id"].as_str()?.to_string(), e["seq"].as_u64()?)))
-            .collect();
-        logged.iter().all(|k| got.contains(k))
-    });
+    wait_for_every_logged_event(&msgs, &logged, Duration::from_secs(30));
     // Duplicates (re-sent after reconnects) are identical messages with the same id.
     let m = msgs.lock().expect("lock").clone();
     let mut by_key: std::collections::HashMap<(String, u64), Vec<serde_json::Value>> =
@@ -937,13 +946,7 @@ fn remote_calibration_switches_the_model_id_in_later_events_without_restart_or_l
 
     // No lost event: everything the daemon queued arrived, and every event that started ended.
     let logged = logged_events(&log);
-    wait_for(&msgs, "every logged event", Duration::from_secs(20), |m| {
-        let got: std::collections::BTreeSet<(String, u64)> = json_of(m, "/event")
-            .iter()
-            .filter_map(|e| Some((e["id"].as_str()?.to_string(), e["seq"].as_u64()?)))
-            .collect();
-        logged.iter().all(|k| got.contains(k))
-    });
+    wait_for_every_logged_event(&msgs, &logged, Duration::from_secs(20));
     let m = msgs.lock().expect("lock").clone();
     let events = json_of(&m, "/cam1/event");
     for s in events.iter().filter(|e| e["type"] == "start") {

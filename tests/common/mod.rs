@@ -118,3 +118,24 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max)
 }
+
+/// Run the `vigil` binary from the repository root (logs at `warn`).
+pub fn vigil(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .expect("run vigil")
+}
+
+/// [`vigil`], asserting success; its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = vigil(args);
+    assert!(
+        out.status.success(),
+        "vigil {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
