@@ -67,6 +67,12 @@ pub enum CalibrateError {
         bad: usize,
         seen: usize,
     },
+    #[error("{bad} of {seen} frames could not be decoded (last: {last})")]
+    Unreadable {
+        bad: usize,
+        seen: usize,
+        last: String,
+    },
     #[error("covariance is singular: {0}")]
     Singular(String),
     #[error("candidate model failed validation: {0}")]
@@ -94,6 +100,7 @@ impl CalibrateError {
                 | CalibrateError::Frozen { .. }
                 | CalibrateError::NearIdentical { .. }
                 | CalibrateError::BadExposure { .. }
+                | CalibrateError::Unreadable { .. }
                 | CalibrateError::Singular(_)
                 | CalibrateError::Validation(_)
         )
@@ -388,6 +395,8 @@ pub struct FrameChecks {
     pub seen: usize,
     pub black: usize,
     pub saturated: usize,
+    /// Frames that could not be decoded (skipped, like the scoring pipeline skips them).
+    pub corrupt: usize,
     /// Consecutive usable frames that repeat the previous one.
     pub repeats: usize,
     /// Usable frames (features extracted).
@@ -487,7 +496,23 @@ pub fn calibrate(
         due = Some(frame.captured_mono + params.interval);
         checks.seen += 1;
         let origin = frame.origin.as_deref().unwrap_or("frame");
-        let img = decode_pixels(&frame.pixels, origin, &preprocess).map_err(FeatureError::from)?;
+        let img = match decode_pixels(&frame.pixels, origin, &preprocess) {
+            Ok(img) => img,
+            Err(e) => {
+                // One torn or corrupt frame must not throw away minutes of collection; a
+                // source that keeps sending them is refused like black frames are.
+                checks.corrupt += 1;
+                tracing::warn!(frame = origin, error = %e, "calibration: undecodable frame skipped");
+                if checks.corrupt > max_bad {
+                    return Err(CalibrateError::Unreadable {
+                        bad: checks.corrupt,
+                        seen: checks.seen,
+                        last: e.to_string(),
+                    });
+                }
+                continue;
+            }
+        };
         let grid = luma_grid(&img);
         let mut sorted = grid.clone();
         sorted.sort_by(f32::total_cmp);

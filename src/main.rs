@@ -799,13 +799,14 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         _ => return Err(config_error("no output for the model")),
     };
     eprintln!(
-        "model {} written to {}: {} frames ({} seen, {} black, {} saturated), threshold log-density {:.4}; collected in {:.1} s, fitted in {:.1} s",
+        "model {} written to {}: {} frames ({} seen, {} black, {} saturated, {} undecodable), threshold log-density {:.4}; collected in {:.1} s, fitted in {:.1} s",
         m.model_id,
         written.display(),
         cal.checks.usable,
         cal.checks.seen,
         cal.checks.black,
         cal.checks.saturated,
+        cal.checks.corrupt,
         m.threshold.log_density,
         cal.collect_time.as_secs_f64(),
         cal.fit_time.as_secs_f64()

@@ -238,6 +238,85 @@ fn a_too_short_collection_is_refused_and_nothing_is_written() {
 }
 
 #[test]
+fn an_undecodable_frame_is_skipped_and_too_many_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let frames = dir.path().join("frames");
+    let good = link_first(
+        &common::shared_dir().join("data/magnetic_tile/train/good"),
+        &frames,
+        60,
+    );
+    // Two undecodable files sorted among the good ones: one with a JPEG header and junk
+    // after it, one not an image at all.
+    let first = good[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let mut junk_jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    junk_jpeg.extend(std::iter::repeat_n(0x5A, 512));
+    std::fs::write(frames.join(first.replace(".jpg", "_bad.jpg")), &junk_jpeg).expect("write");
+    std::fs::write(
+        frames.join(first.replace(".jpg", "_zzz.jpg")),
+        b"not a jpeg",
+    )
+    .expect("write");
+    let state = dir.path().join("state");
+    let out = vigil(&[
+        "calibrate",
+        "--source",
+        s(&frames),
+        "--state-dir",
+        s(&state),
+        "--camera",
+        "cam1",
+        "--interval",
+        "0",
+        "--frames",
+        "55",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        last_json(&String::from_utf8_lossy(&out.stdout))["frames"],
+        55
+    );
+    assert!(stderr.contains("2 undecodable"), "{stderr}");
+    assert!(state.join("models/cam1/current").exists());
+
+    // A source of mostly garbage is refused (exit 65) and writes nothing.
+    let junk = dir.path().join("junk");
+    std::fs::create_dir_all(&junk).expect("mkdir");
+    for i in 0..60 {
+        std::fs::write(junk.join(format!("{i:03}.jpg")), b"garbage").expect("write");
+    }
+    let state2 = dir.path().join("state2");
+    let out = vigil(&[
+        "calibrate",
+        "--source",
+        s(&junk),
+        "--state-dir",
+        s(&state2),
+        "--camera",
+        "cam1",
+        "--interval",
+        "0",
+        "--frames",
+        "55",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = last_json(&String::from_utf8_lossy(&out.stdout));
+    let reason = failed["reason"].as_str().expect("reason");
+    assert!(reason.contains("could not be decoded"), "{reason}");
+    assert!(!state2.join("models/cam1/current").exists());
+}
+
+#[test]
 fn black_frames_are_refused() {
     let dir = tempfile::tempdir().expect("tmp");
     let frames = dir.path().join("black");
