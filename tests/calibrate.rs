@@ -17,6 +17,23 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
 
+/// `vigil calibrate` of camera `cam1` from `source` into the store under `state`, no interval.
+fn calibrate_cam1(source: &str, state: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "calibrate",
+        "--source",
+        source,
+        "--state-dir",
+        s(state),
+        "--camera",
+        "cam1",
+        "--interval",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    vigil(&args)
+}
+
 fn link_first(src: &Path, dst: &Path, n: usize) -> Vec<PathBuf> {
     std::fs::create_dir_all(dst).expect("mkdir");
     let mut files: Vec<PathBuf> = std::fs::read_dir(src)
@@ -204,17 +221,7 @@ fn a_too_short_collection_is_refused_and_nothing_is_written() {
         20,
     );
     let state = dir.path().join("state");
-    let out = vigil(&[
-        "calibrate",
-        "--source",
-        s(&frames),
-        "--state-dir",
-        s(&state),
-        "--camera",
-        "cam1",
-        "--interval",
-        "0",
-    ]);
+    let out = calibrate_cam1(s(&frames), &state, &[]);
     assert_eq!(out.status.code(), Some(65));
     let failed = last_json(&String::from_utf8_lossy(&out.stdout));
     let reason = failed["reason"].as_str().expect("reason");
@@ -262,19 +269,7 @@ fn an_undecodable_frame_is_skipped_and_too_many_are_refused() {
     )
     .expect("write");
     let state = dir.path().join("state");
-    let out = vigil(&[
-        "calibrate",
-        "--source",
-        s(&frames),
-        "--state-dir",
-        s(&state),
-        "--camera",
-        "cam1",
-        "--interval",
-        "0",
-        "--frames",
-        "55",
-    ]);
+    let out = calibrate_cam1(s(&frames), &state, &["--frames", "55"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
@@ -291,19 +286,7 @@ fn an_undecodable_frame_is_skipped_and_too_many_are_refused() {
         std::fs::write(junk.join(format!("{i:03}.jpg")), b"garbage").expect("write");
     }
     let state2 = dir.path().join("state2");
-    let out = vigil(&[
-        "calibrate",
-        "--source",
-        s(&junk),
-        "--state-dir",
-        s(&state2),
-        "--camera",
-        "cam1",
-        "--interval",
-        "0",
-        "--frames",
-        "55",
-    ]);
+    let out = calibrate_cam1(s(&junk), &state2, &["--frames", "55"]);
     assert_eq!(
         out.status.code(),
         Some(65),
