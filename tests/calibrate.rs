@@ -34,6 +34,20 @@ fn calibrate_cam1(source: &str, state: &Path, extra: &[&str]) -> std::process::O
     vigil(&args)
 }
 
+/// Assert `out` is a refusal (exit 65) whose reason contains `why`; the final state JSON.
+fn refused(out: &std::process::Output, why: &str) -> serde_json::Value {
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = last_json(&String::from_utf8_lossy(&out.stdout));
+    let reason = failed["reason"].as_str().expect("reason");
+    assert!(reason.contains(why), "{failed}");
+    failed
+}
+
 fn link_first(src: &Path, dst: &Path, n: usize) -> Vec<PathBuf> {
     std::fs::create_dir_all(dst).expect("mkdir");
     let mut files: Vec<PathBuf> = std::fs::read_dir(src)
@@ -180,22 +194,9 @@ fn a_frozen_camera_is_refused_and_the_current_model_keeps_serving() {
         ),
     );
     let out = vigil(&["calibrate", "--config", s(&config)]);
-    assert_eq!(
-        out.status.code(),
-        Some(65),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let failed = last_json(&String::from_utf8_lossy(&out.stdout));
+    let failed = refused(&out, "frozen");
     assert_eq!(failed["state"], "failed");
     assert_eq!(failed["refused"], true);
-    assert!(
-        failed["reason"]
-            .as_str()
-            .expect("reason")
-            .contains("frozen"),
-        "{failed}"
-    );
     assert_eq!(failed["model_id"], first["model_id"]);
     let list = in_service(&state);
     assert_eq!(list["in_service"], first["model_id"]);
@@ -222,13 +223,7 @@ fn a_too_short_collection_is_refused_and_nothing_is_written() {
     );
     let state = dir.path().join("state");
     let out = calibrate_cam1(s(&frames), &state, &[]);
-    assert_eq!(out.status.code(), Some(65));
-    let failed = last_json(&String::from_utf8_lossy(&out.stdout));
-    let reason = failed["reason"].as_str().expect("reason");
-    assert!(
-        reason.contains("too few frames: 20 usable, at least 50"),
-        "{reason}"
-    );
+    refused(&out, "too few frames: 20 usable, at least 50");
     assert!(!state.join("models/cam1/current").exists());
     // Asking for fewer frames than the minimum is a usage error, before any frame is read.
     let out = vigil(&[
@@ -287,15 +282,7 @@ fn an_undecodable_frame_is_skipped_and_too_many_are_refused() {
     }
     let state2 = dir.path().join("state2");
     let out = calibrate_cam1(s(&junk), &state2, &["--frames", "55"]);
-    assert_eq!(
-        out.status.code(),
-        Some(65),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let failed = last_json(&String::from_utf8_lossy(&out.stdout));
-    let reason = failed["reason"].as_str().expect("reason");
-    assert!(reason.contains("could not be decoded"), "{reason}");
+    refused(&out, "could not be decoded");
     assert!(!state2.join("models/cam1/current").exists());
 }
 
@@ -322,12 +309,7 @@ fn black_frames_are_refused() {
         "--frames",
         "60",
     ]);
-    assert_eq!(out.status.code(), Some(65));
-    let failed = last_json(&String::from_utf8_lossy(&out.stdout));
-    assert!(
-        failed["reason"].as_str().expect("reason").contains("black"),
-        "{failed}"
-    );
+    refused(&out, "black");
     assert!(!dir.path().join("m.safetensors").exists());
 }
 
