@@ -100,6 +100,11 @@ fn subscribe(port: u16, filter: &str) -> Messages {
     msgs
 }
 
+/// magnetic_tile's normal training images, sorted.
+fn train_goods() -> Vec<PathBuf> {
+    list_images(&common::shared_dir().join("data/magnetic_tile/train/good")).expect("train")
+}
+
 fn wait_for(
     msgs: &Messages,
     what: &str,
@@ -966,8 +971,7 @@ fn cli_calibrate_and_rollback_go_through_the_running_daemon_and_rollback_is_refu
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Broker::start();
     let (_model, frames) = setup(dir.path());
-    let goods =
-        list_images(&common::shared_dir().join("data/magnetic_tile/train/good")).expect("train");
+    let goods = train_goods();
     repoint(&frames, &goods[200..236]);
     let config = write_config(dir.path(), broker.port, &frames, "");
     let text = std::fs::read_to_string(&config)
@@ -1297,8 +1301,7 @@ fn a_configured_threshold_gives_way_to_the_calibrated_one_at_start_on_sighup_and
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Broker::start();
     let (_model, frames) = setup(dir.path());
-    let goods =
-        list_images(&common::shared_dir().join("data/magnetic_tile/train/good")).expect("train");
+    let goods = train_goods();
     let normals = dir.path().join("normals");
     std::fs::create_dir_all(&normals).expect("mkdir");
     link(&goods[300..340], &normals, "n_");
