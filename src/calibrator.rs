@@ -128,8 +128,10 @@ impl Calibrator {
             .ok_or_else(|| format!("unknown camera `{id}`"))?;
         let mut jobs = lock(&self.jobs);
         if let Some(j) = jobs.get(&id) {
-            if !j.handle.is_finished() {
-                let now = rx.borrow().clone();
+            // A job that published its end is over even if its thread is still unwinding
+            // (joined just below): a client that saw `done`/`failed` may start the next one.
+            let now = rx.borrow().clone();
+            if !j.handle.is_finished() && !now.is_terminal() {
                 return Err(format!(
                     "a calibration of {id} is already running ({})",
                     describe(&now)
