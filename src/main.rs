@@ -117,7 +117,8 @@ enum Command {
 #[derive(Args, Clone)]
 struct StoreArgs {
     /// Configuration file (state directory, cameras, backbone, calibration defaults, control
-    /// socket).
+    /// socket) [default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml when it exists and no
+    /// --state-dir is given: the installed service's].
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Camera id [default: the only camera of the configuration].
@@ -584,9 +585,23 @@ struct Target {
     state_dir: Option<PathBuf>,
 }
 
+/// The installed service's configuration, used by `calibrate` and `model` when neither
+/// --config nor --state-dir is given: `$VIGIL_CONFIG`, else /etc/vigil/vigil.toml if present.
+fn default_config(a: &StoreArgs) -> Option<PathBuf> {
+    if a.config.is_some() || a.state_dir.is_some() {
+        return a.config.clone();
+    }
+    std::env::var_os("VIGIL_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from(INSTALLED_CONFIG)).filter(|p| p.is_file()))
+}
+
+/// Where the .deb puts the configuration (`[package.metadata.deb]`, systemd/vigil.service).
+const INSTALLED_CONFIG: &str = "/etc/vigil/vigil.toml";
+
 fn resolve_target(a: &StoreArgs) -> Result<Target> {
-    let config = match &a.config {
-        Some(p) => Some(Config::load(p).map_err(config_error)?),
+    let config = match default_config(a) {
+        Some(p) => Some(Config::load(&p).map_err(config_error)?),
         None => None,
     };
     let camera = match (&config, &a.camera) {

@@ -336,6 +336,18 @@ fn rollback_restores_the_previous_model_id_back_to_the_configured_one() {
         last_json(&ok(&["model", "list", "--config", c, "--json"]))["in_service"],
         base["model_id"]
     );
+    // Without --config: $VIGIL_CONFIG (else the installed /etc/vigil/vigil.toml).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["model", "list", "--json"])
+        .env("VIGIL_CONFIG", c)
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .expect("run vigil");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        last_json(&String::from_utf8_lossy(&out.stdout))["in_service"],
+        base["model_id"]
+    );
     let one = last_json(&ok(&["calibrate", "--config", c]));
     assert_eq!(one["previous_model_id"], base["model_id"]);
     let two = last_json(&ok(&[

@@ -471,7 +471,7 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigErro
     if bad > 0 {
         tracing::warn!(path = %path.display(), skipped = bad, "skipped unusable CA certificates");
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Edge targets, Docker-free (cross/README.md): release builds for Raspberry Pi / Jetson
+# (aarch64 + armv7, the features the packages ship), the DFKDE golden parity and backbone
+# parity tests for aarch64 under qemu-user on a Cortex-A72 (tract's NEON kernels), and the
+# .deb packages, checked by scripts/check_deb.sh.
+#   VIGIL_SHARED     reference data folder (default: ../shared beside the repo)
+#   VIGIL_SKIP_APT   1: skip apt-get (packages already installed)
+#   VIGIL_EDGE_TARGETS  space-separated subset of the targets below (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export VIGIL_SHARED="${VIGIL_SHARED:-$(cd .. && pwd)/shared}"
+
+TARGETS=${VIGIL_EDGE_TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
+# What the packages ship: USB/UVC cameras are the main source on a Pi.
+FEATURES=v4l2
+CARGO_DEB_VERSION=3.8.0
+
+if [ "${VIGIL_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
+  need=()
+  for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf \
+           libc6-dev-armhf-cross qemu-user libclang-dev clang systemd file; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+  fi
+fi
+# shellcheck disable=SC2086
+rustup target add $TARGETS
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
+
+# bindgen (nokhwa → v4l2-sys-mit) parses the *target's* kernel headers.
+export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"
+export BINDGEN_EXTRA_CLANG_ARGS_armv7_unknown_linux_gnueabihf="--sysroot=/usr/arm-linux-gnueabihf"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+
+step() { echo "== $* ($(date -u +%H:%M:%S))"; }
+for t in $TARGETS; do
+  step "release build $t --features $FEATURES"
+  SECONDS=0
+  cargo build --release --locked --target "$t" --features "$FEATURES" --bin vigil
+  bin="$TARGET_DIR/$t/release/vigil"
+  echo "$t: $(stat -c %s "$bin") bytes ($((SECONDS / 60)) min $((SECONDS % 60)) s)"
+  file "$bin"
+done
+
+if [[ " $TARGETS " == *" aarch64-unknown-linux-gnu "* ]]; then
+  # Same profile and features as the release build above: the dependencies are reused.
+  # The emulated set is small: every golden DFKDE parity test, and the backbone tests with
+  # one or two EfficientNet-Lite0 inferences each (resnet18 takes ~40 s per frame emulated).
+  step "parity tests for aarch64 under qemu-aarch64 -cpu cortex-a72"
+  SECONDS=0
+  # tests/edge_parity.rs holds both suites: one test binary, one ThinLTO link.
+  cargo test --release --locked --target aarch64-unknown-linux-gnu --features "$FEATURES" \
+    --test edge_parity -- --skip resnet18 --skip forked_instances --skip symbolic_batch
+  echo "aarch64 parity tests: $((SECONDS / 60)) min $((SECONDS % 60)) s"
+fi
+
+for t in $TARGETS; do
+  step "package $t"
+  deb=$(cargo deb --no-build --no-strip --target "$t" --locked | tail -n1)
+  echo "$deb"
+  ./scripts/check_deb.sh "$deb"
+done
