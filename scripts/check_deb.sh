@@ -27,6 +27,7 @@ dpkg-deb -e "$deb" "$ctl"
 # Layout.
 for f in usr/bin/vigil etc/vigil/vigil.toml \
          usr/share/vigil/models/efficientnet_lite0_pooled.onnx \
+         usr/share/vigil/models/efficientnet_lite0_s16.onnx \
          usr/share/vigil/models/models.json usr/share/doc/vigil/README.md; do
   [ -f "$root/$f" ] || fail "missing /$f"
 done
@@ -41,10 +42,12 @@ cmp -s "$root/$unit" systemd/vigil.service || fail "/$unit differs from systemd/
 [ ! -e "$root/var/lib/vigil" ] || fail "/var/lib/vigil must be left to StateDirectory= (DynamicUser)"
 
 # The shipped model is the one models.json describes.
-want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["efficientnet_lite0_pooled.onnx"]["sha256"])' \
-       "$root/usr/share/vigil/models/models.json")
-got=$(sha256sum "$root/usr/share/vigil/models/efficientnet_lite0_pooled.onnx" | cut -d' ' -f1)
-[ "$want" = "$got" ] || fail "model sha256 $got, models.json says $want"
+for m in efficientnet_lite0_pooled.onnx efficientnet_lite0_s16.onnx; do
+  want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["sha256"])' \
+         "$root/usr/share/vigil/models/models.json" "$m")
+  got=$(sha256sum "$root/usr/share/vigil/models/$m" | cut -d' ' -f1)
+  [ "$want" = "$got" ] || fail "$m sha256 $got, models.json says $want"
+done
 
 # The config points at what the package installs and where the unit keeps state.
 grep -q '^backbone = "/usr/share/vigil/models/efficientnet_lite0_pooled.onnx"' "$root/etc/vigil/vigil.toml" \

@@ -131,6 +131,9 @@ pub struct CalibrationParams {
     pub min_frames: usize,
     pub frame_timeout: Duration,
     pub fit: FitConfig,
+    /// The feature preset of the model being replaced: a recalibration keeps it (its PCA
+    /// size rule decides `fit.n_components`).
+    pub features: crate::preset::FeaturePreset,
 }
 
 impl CalibrationParams {
@@ -143,6 +146,7 @@ impl CalibrationParams {
             min_frames: c.min_frames,
             frame_timeout: Duration::from_secs_f64(c.frame_timeout_s.clamp(0.1, 86_400.0)),
             fit: FitConfig::default(),
+            features: crate::preset::FeaturePreset::default(),
         }
     }
 }
@@ -593,8 +597,21 @@ pub fn calibrate(
         holdout: params.holdout,
         quantile: params.quantile,
     };
-    let (model, threshold, qs) = fit_with_threshold(&feats, n, dim, &params.fit, &th)?;
-    let candidate = make_artifact(model, threshold, qs, &info, preprocess, &params.fit, n);
+    let fit = FitConfig {
+        n_components: params
+            .features
+            .n_components(crate::fit::smallest_fit(n, params.holdout)),
+        ..params.fit.clone()
+    };
+    let (model, threshold, qs) = fit_with_threshold(&feats, n, dim, &fit, &th)?;
+    let mut candidate = make_artifact(model, threshold, qs, &info, preprocess, &fit, n);
+    candidate = crate::artifact::Artifact::new(
+        crate::artifact::ArtifactMeta {
+            features: params.features.artifact_name().to_string(),
+            ..candidate.meta
+        },
+        candidate.model,
+    );
     let (artifact, self_flagged) = validate(&candidate, &feats, n, dim, &info.sha256)?;
     let fit_time = t1.elapsed();
     tracing::info!(

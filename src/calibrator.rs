@@ -191,7 +191,7 @@ impl Calibrator {
         tap: Arc<FrameSlot>,
         probe: CaptureProbe,
         mut bb: TractBackbone,
-        params: crate::calibrate::CalibrationParams,
+        mut params: crate::calibrate::CalibrationParams,
         cancel: &AtomicBool,
     ) {
         let cam = Arc::clone(&guard.cam);
@@ -199,6 +199,9 @@ impl Calibrator {
         let t0 = Instant::now();
         let old = cam.current_model();
         let pre = old.artifact.meta.preprocessing;
+        // Same preprocessing, same backbone, same feature preset as the model it replaces.
+        params.features =
+            crate::preset::FeaturePreset::from_artifact_name(&old.artifact.meta.features);
         let mut feed = SlotFeed {
             slot: tap,
             ended: probe,

@@ -31,6 +31,14 @@ impl Default for ThresholdConfig {
     }
 }
 
+/// Rows of the smallest fit of a run of [`fit_with_threshold`] on `n` rows: the hold-out fit.
+pub fn smallest_fit(n: usize, holdout: f64) -> usize {
+    if holdout <= 0.0 {
+        return n;
+    }
+    n.saturating_sub(((n as f64) * holdout).round() as usize)
+}
+
 /// Split `n` rows into (fit, hold-out) by a seeded shuffle; both sorted.
 pub fn holdout_split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let n_hold = ((n as f64) * fraction).round() as usize;

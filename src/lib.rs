@@ -23,6 +23,7 @@ pub mod model;
 pub mod pipeline;
 pub mod plots;
 pub mod preprocess;
+pub mod preset;
 pub mod publish;
 pub mod source;
 pub mod store;

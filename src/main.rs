@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use vigil::artifact::Artifact;
+use vigil::artifact::{Artifact, ArtifactMeta};
 use vigil::backbone::{file_sha256, Backbone, TractBackbone};
 use vigil::calibrate::{
     open_feed, parse_source_spec, CalibStatus, CalibrateError, CalibrateRequest,
@@ -19,6 +19,7 @@ use vigil::fit::{fit_with_threshold, make_artifact, ThresholdConfig};
 use vigil::model::metrics::roc_curve;
 use vigil::model::{pred_score, Dfkde, FitConfig, Scaling};
 use vigil::preprocess::{Normalization, PreprocessConfig};
+use vigil::preset::FeaturePreset;
 use vigil::source::SourceConfig;
 use vigil::store::ModelStore;
 
@@ -208,12 +209,18 @@ struct DemoArgs {
 
 #[derive(Args, Clone)]
 struct BackboneArgs {
-    /// ONNX backbone [default: models/efficientnet_lite0_pooled.onnx].
+    /// Feature preset: anomalib (anomalib-compatible: 1280-d head, ImageNet mean/std, PCA 16)
+    /// or mid-stage (stride-16 stage of the same network, (x−127)/128, PCA 64; docs/accuracy.md).
+    /// It sets the defaults of --backbone, --normalization and --pca.
+    #[arg(long, default_value = "anomalib")]
+    features: FeaturePreset,
+    /// ONNX backbone [default: the preset's, models/efficientnet_lite0_pooled.onnx for anomalib].
     #[arg(long)]
     backbone: Option<PathBuf>,
-    /// Input normalisation: imagenet (mean/std, anomalib's) or tflite ((x−127)/128).
-    #[arg(long, default_value = "imagenet", value_parser = parse_norm)]
-    normalization: Normalization,
+    /// Input normalisation: imagenet (mean/std, anomalib's) or tflite ((x−127)/128)
+    /// [default: the preset's].
+    #[arg(long, value_parser = parse_norm)]
+    normalization: Option<Normalization>,
     /// Input size WxH when the ONNX input is symbolic.
     #[arg(long, value_parser = parse_size)]
     input_size: Option<(u32, u32)>,
@@ -221,9 +228,10 @@ struct BackboneArgs {
 
 #[derive(Args, Clone)]
 struct FitParams {
-    /// Number of PCA components k (an integer in 1..=min(D, N−1)).
-    #[arg(long = "pca", default_value_t = 16)]
-    pca: usize,
+    /// Number of PCA components k (an integer in 1..=min(D, N−1)) [default: the preset's:
+    /// 16 for anomalib; 64 for mid-stage, 32 / 16 when the hold-out fit has < 128 / < 64 images].
+    #[arg(long = "pca")]
+    pca: Option<usize>,
     /// Feature scaling after PCA.
     #[arg(long, default_value = "scale", value_parser = parse_scaling)]
     scaling: Scaling,
@@ -312,26 +320,33 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     ))
 }
 
-fn resolve_backbone(p: &Option<PathBuf>) -> PathBuf {
-    p.clone()
-        .unwrap_or_else(vigil::backbone::default_backbone_path)
+/// `--backbone`, else the preset's shipped model.
+fn resolve_backbone(args: &BackboneArgs, preset: FeaturePreset) -> PathBuf {
+    args.backbone
+        .clone()
+        .unwrap_or_else(|| vigil::backbone::default_model_path(preset.backbone_file()))
 }
 
 fn load_backbone(args: &BackboneArgs) -> Result<(TractBackbone, PreprocessConfig)> {
-    let path = resolve_backbone(&args.backbone);
+    let path = resolve_backbone(args, args.features);
     let bb = TractBackbone::load(&path, 1, args.input_size)?;
     let info = bb.info();
     let pre = PreprocessConfig {
-        normalization: args.normalization,
+        normalization: args
+            .normalization
+            .unwrap_or_else(|| args.features.normalization()),
         ..PreprocessConfig::imagenet(info.input_width, info.input_height)
     };
     tracing::info!(backbone = %path.display(), sha256 = %info.sha256, dim = info.feature_dim, "backbone loaded");
     Ok((bb, pre))
 }
 
-fn fit_config(p: &FitParams) -> FitConfig {
+/// The fit of `n` images: `--pca`, else the preset's rule for the smallest (hold-out) fit.
+fn fit_config(p: &FitParams, preset: FeaturePreset, n: usize) -> FitConfig {
     FitConfig {
-        n_components: p.pca,
+        n_components: p
+            .pca
+            .unwrap_or_else(|| preset.n_components(vigil::fit::smallest_fit(n, p.holdout))),
         scaling: p.scaling,
         max_training_points: p.max_training_points,
         seed: p.seed,
@@ -347,7 +362,7 @@ fn fit_folder(
     let paths = list_images(train)?;
     let feats = extract_paths(&mut bb, pre, &paths, "features")?;
     let dim = bb.info().feature_dim;
-    let cfg = fit_config(params);
+    let cfg = fit_config(params, bargs.features, paths.len());
     let th = ThresholdConfig {
         holdout: params.holdout,
         quantile: params.quantile,
@@ -355,6 +370,13 @@ fn fit_folder(
     let (model, threshold, qs) = fit_with_threshold(&feats, paths.len(), dim, &cfg, &th)
         .with_context(|| format!("fitting on {} images from {}", paths.len(), train.display()))?;
     let art = make_artifact(model, threshold, qs, bb.info(), pre, &cfg, paths.len());
+    let art = Artifact::new(
+        ArtifactMeta {
+            features: bargs.features.artifact_name().to_string(),
+            ..art.meta
+        },
+        art.model,
+    );
     Ok((art, bb, pre))
 }
 
@@ -364,7 +386,7 @@ fn load_model(
     bargs: &BackboneArgs,
 ) -> Result<(Artifact, TractBackbone, PreprocessConfig)> {
     let art = Artifact::load(model)?;
-    let path = resolve_backbone(&bargs.backbone);
+    let path = resolve_backbone(bargs, FeaturePreset::from_artifact_name(&art.meta.features));
     let sha = file_sha256(&path)?;
     art.check_backbone(model, &sha, &path)?;
     let size = Some((art.meta.preprocessing.width, art.meta.preprocessing.height));
@@ -681,7 +703,7 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         interval_s: a.interval,
         quantile: a.quantile,
     };
-    let params = req.params(&defaults).map_err(config_error)?;
+    let mut params = req.params(&defaults).map_err(config_error)?;
     // The daemon owns the camera: ask it when it runs.
     if let (Some(cfg), Some(cam), false, None, None) =
         (&t.config, &t.camera, a.standalone, &a.source, &a.out)
@@ -720,11 +742,16 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         (Some(id), Some(dir)) => in_service(id, t.camera.as_ref(), dir)?,
         _ => None,
     };
+    // A recalibration keeps the preset of the model in service; a first one takes --features.
+    params.features = current
+        .as_ref()
+        .map(|(m, _)| FeaturePreset::from_artifact_name(&m.meta.features))
+        .unwrap_or(a.backbone.features);
     let backbone_path = t
         .config
         .as_ref()
         .map(|c| c.inference.backbone.clone())
-        .unwrap_or_else(|| resolve_backbone(&a.backbone.backbone));
+        .unwrap_or_else(|| resolve_backbone(&a.backbone, params.features));
     // The daemon's preprocessing: the model in service's, else the flags'.
     let size = current
         .as_ref()
@@ -734,7 +761,10 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     let pre = match &current {
         Some((m, _)) => m.meta.preprocessing,
         None => PreprocessConfig {
-            normalization: a.backbone.normalization,
+            normalization: a
+                .backbone
+                .normalization
+                .unwrap_or_else(|| params.features.normalization()),
             ..PreprocessConfig::imagenet(bb.info().input_width, bb.info().input_height)
         },
     };
@@ -1070,7 +1100,9 @@ fn main() -> ExitCode {
                 fit_frames: a.fit_frames,
                 defect_every: a.defect_every,
                 fps: a.fps,
-                backbone: resolve_backbone(&a.backbone),
+                backbone: a
+                    .backbone
+                    .unwrap_or_else(vigil::backbone::default_backbone_path),
                 state_dir: a.state_dir,
             };
             return daemon_exit(vigil::demo::demo(opts));
@@ -1090,7 +1122,9 @@ fn main() -> ExitCode {
             vigil::logging::init("warn");
             if backbone_only {
                 return bench_backbone_only(
-                    &resolve_backbone(&backbone),
+                    &backbone
+                        .clone()
+                        .unwrap_or_else(vigil::backbone::default_backbone_path),
                     input.as_deref(),
                     threads,
                     seconds,
@@ -1104,7 +1138,9 @@ fn main() -> ExitCode {
             };
             let r = vigil::bench::bench(
                 &data,
-                &resolve_backbone(&backbone),
+                &backbone
+                    .clone()
+                    .unwrap_or_else(vigil::backbone::default_backbone_path),
                 &workers,
                 seconds,
                 kde_points,

@@ -377,3 +377,32 @@ fn rollback_restores_the_previous_model_id_back_to_the_configured_one() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("oldest"));
 }
+
+#[test]
+fn a_mid_stage_calibration_records_its_preset_backbone_and_normalisation() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("m.safetensors");
+    ok(&[
+        "calibrate",
+        "--features",
+        "mid-stage",
+        "--source",
+        "synthetic:3",
+        "--out",
+        s(&out),
+        "--frames",
+        "100",
+        "--interval",
+        "0",
+    ]);
+    let art = vigil::artifact::Artifact::load(&out).expect("artifact");
+    assert_eq!(art.meta.features, "mid-stage");
+    assert_eq!(art.meta.backbone.file, "efficientnet_lite0_s16.onnx");
+    assert_eq!(art.meta.backbone.feature_dim, 112);
+    assert_eq!(
+        art.meta.preprocessing.normalization,
+        vigil::preprocess::Normalization::Tflite
+    );
+    // 100 frames, 20 held out: the hold-out fit has 80 < 128 → PCA 32.
+    assert_eq!(art.meta.dfkde.n_components, 32);
+}

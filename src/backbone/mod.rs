@@ -82,14 +82,22 @@ pub const SYSTEM_BACKBONE: &str = "/usr/share/vigil/models/efficientnet_lite0_po
 /// The default backbone: the installed one if present, else [`DEFAULT_BACKBONE`] relative
 /// to the working directory, else the source tree's copy (development builds).
 pub fn default_backbone_path() -> PathBuf {
+    default_model_path("efficientnet_lite0_pooled.onnx")
+}
+
+/// A shipped model file (`models/<file>`): the installed copy under /usr/share/vigil/models
+/// if present, else `models/<file>` relative to the working directory, else the source
+/// tree's copy (development builds).
+pub fn default_model_path(file: &str) -> PathBuf {
+    let rel = Path::new("models").join(file);
     [
-        PathBuf::from(SYSTEM_BACKBONE),
-        PathBuf::from(DEFAULT_BACKBONE),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_BACKBONE),
+        Path::new("/usr/share/vigil/models").join(file),
+        rel.clone(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel),
     ]
     .into_iter()
     .find(|p| p.exists())
-    .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKBONE))
+    .unwrap_or(rel)
 }
 
 /// Hex SHA-256 of a byte string.
