@@ -63,8 +63,9 @@ grep -q 'deb-systemd-helper.*enable.*vigil.service\|deb-systemd-helper.*vigil.se
   || { grep -q 'vigil.service' "$ctl/postinst" && grep -q 'enable' "$ctl/postinst"; } \
   || fail "postinst does not enable vigil.service"
 grep -q 'vigil.service' "$ctl/prerm" || fail "prerm does not stop vigil.service"
-if grep -q 'deb-systemd-invoke .*start' "$ctl/postinst"; then
-  grep -q 'deb-systemd-invoke .*start.*vigil.service' "$ctl/postinst" && fail "postinst starts vigil.service before a model exists"
+# (an upgrade may try-restart a service that already runs: that is fine.)
+if grep -E 'deb-systemd-invoke +(start|restart|\$_dh_action)' "$ctl/postinst" | grep -q vigil.service; then
+  fail "postinst starts vigil.service before a model exists"
 fi
 # The glibc the binary needs (highest GLIBC_x.y symbol version it references) is what
 # Depends: libc6 (>= x.y) promises: a board with an older glibc refuses the package instead
