@@ -15,18 +15,8 @@ TARGETS=${VIGIL_EDGE_TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnu
 FEATURES=v4l2
 CARGO_DEB_VERSION=3.8.0
 
-if [ "${VIGIL_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
-  need=()
-  for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf \
-           libc6-dev-armhf-cross qemu-user libclang-dev clang systemd file; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-  done
-  if [ ${#need[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-  fi
-fi
+./scripts/apt_need.sh gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf \
+  libc6-dev-armhf-cross qemu-user libclang-dev clang systemd file
 # shellcheck disable=SC2086
 rustup target add $TARGETS
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"

@@ -11,17 +11,7 @@ if [ ! -d "$VIGIL_SHARED/fixtures/dfkde_golden" ] || [ ! -d "$VIGIL_SHARED/data/
   exit 1
 fi
 
-if [ "${VIGIL_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
-  need=()
-  for p in fonts-dejavu-core mosquitto openssl ffmpeg systemd; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-  done
-  if [ ${#need[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-  fi
-fi
+./scripts/apt_need.sh fonts-dejavu-core mosquitto openssl ffmpeg systemd
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
