@@ -192,6 +192,21 @@ fn setup(root: &Path) -> (PathBuf, PathBuf) {
     (model, frames)
 }
 
+/// Rewrite a written config in place, each `(from, to)` in turn; the new text.
+fn patch_config(config: &Path, edits: &[(&str, &str)]) -> String {
+    let mut text = std::fs::read_to_string(config).expect("read");
+    for (from, to) in edits {
+        text = text.replace(from, to);
+    }
+    std::fs::write(config, &text).expect("write");
+    text
+}
+
+/// Loop the folder source so frames keep flowing.
+const LOOP: (&str, &str) = ("loop = false", "loop = true");
+/// Calibrations in these tests collect 30+ frames.
+const MIN_FRAMES_30: (&str, &str) = ("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
+
 fn write_config(root: &Path, port: u16, frames: &Path, extra_camera: &str) -> PathBuf {
     let text = format!(
         r#"
@@ -395,10 +410,7 @@ fn sighup_reloads_the_threshold_without_a_restart() {
     let (_model, frames) = setup(dir.path());
     // Loop the folder so frames keep flowing.
     let config = write_config(dir.path(), broker.port, &frames, "");
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("loop = false", "loop = true");
-    std::fs::write(&config, &text).expect("write");
+    let text = patch_config(&config, &[LOOP]);
     let msgs = subscribe(broker.port, "vigil/testnode/#");
     let mut daemon = spawn_daemon(&config);
     wait_for(&msgs, "state", Duration::from_secs(60), |m| {
@@ -481,14 +493,16 @@ fn every_event_arrives_at_least_once_across_broker_and_daemon_kills() {
     let (_model, frames) = setup(dir.path());
     let config = write_config(dir.path(), port, &frames, "");
     // Loop the frames (an event every pass) and reconnect at a steady 1.5 s.
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("loop = false", "loop = true")
-        .replace(
-            "keep_alive_s = 5",
-            "keep_alive_s = 5\nreconnect_min_s = 1.5\nreconnect_max_s = 1.5",
-        );
-    std::fs::write(&config, text).expect("write");
+    patch_config(
+        &config,
+        &[
+            LOOP,
+            (
+                "keep_alive_s = 5",
+                "keep_alive_s = 5\nreconnect_min_s = 1.5\nreconnect_max_s = 1.5",
+            ),
+        ],
+    );
     let log = dir.path().join("daemon.log");
     let msgs = subscribe(port, "vigil/testnode/cam1/event");
     let mut daemon = spawn_daemon_logging(&config, &log);
@@ -778,10 +792,7 @@ fn remote_calibration_switches_the_model_id_in_later_events_without_restart_or_l
     // A second camera that shows one picture forever (a frozen camera), same model.
     let frozen = list_images(&mt.join("train/good")).expect("train")[500].clone();
     let config = write_config(dir.path(), broker.port, &frames, "");
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("loop = false", "loop = true")
-        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
+    let text = patch_config(&config, &[LOOP, MIN_FRAMES_30]);
     let text = format!(
         "{text}\n[[camera]]\nid = \"cam2\"\nmodel = \"{}\"\n[camera.source]\ntype = \"folder\"\npath = \"{}\"\nfps = 4\nloop = true\n",
         model.display(),
@@ -974,11 +985,7 @@ fn cli_calibrate_and_rollback_go_through_the_running_daemon_and_rollback_is_refu
     let goods = train_goods();
     repoint(&frames, &goods[200..236]);
     let config = write_config(dir.path(), broker.port, &frames, "");
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("loop = false", "loop = true")
-        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
-    std::fs::write(&config, text).expect("write");
+    patch_config(&config, &[LOOP, MIN_FRAMES_30]);
     let msgs = subscribe(broker.port, "vigil/testnode/cam1/#");
     let mut daemon = spawn_daemon(&config);
     wait_for(&msgs, "a state", Duration::from_secs(60), |m| {
@@ -1204,15 +1211,17 @@ fn the_watchdog_keeps_being_fed_while_the_only_camera_calibrates() {
     let broker = Broker::start();
     let (_model, frames) = setup(dir.path());
     let config = write_config(dir.path(), broker.port, &frames, "");
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("loop = false", "loop = true")
-        .replace(
-            "[health]\ninterval_s = 1\n",
-            "[health]\ninterval_s = 1\nwatchdog_frame_age_s = 2\n",
-        )
-        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
-    std::fs::write(&config, &text).expect("write");
+    patch_config(
+        &config,
+        &[
+            LOOP,
+            (
+                "[health]\ninterval_s = 1\n",
+                "[health]\ninterval_s = 1\nwatchdog_frame_age_s = 2\n",
+            ),
+            MIN_FRAMES_30,
+        ],
+    );
     let notes = notify_listener(&dir.path().join("notify.sock"));
     let log = dir.path().join("daemon.log");
     let file = std::fs::File::create(&log).expect("log");
@@ -1306,11 +1315,7 @@ fn a_configured_threshold_gives_way_to_the_calibrated_one_at_start_on_sighup_and
     std::fs::create_dir_all(&normals).expect("mkdir");
     link(&goods[300..340], &normals, "n_");
     let config = write_config(dir.path(), broker.port, &frames, "threshold = -12345.5");
-    let text = std::fs::read_to_string(&config)
-        .expect("read")
-        .replace("loop = false", "loop = true")
-        .replace("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
-    std::fs::write(&config, text).expect("write");
+    patch_config(&config, &[LOOP, MIN_FRAMES_30]);
     let c = config.to_str().expect("utf8");
     // A technician calibrated while vigil was stopped.
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
