@@ -38,6 +38,9 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub calibration: CalibrationConfig,
+    /// Prometheus `/metrics` endpoint (`[metrics]`). Default: off.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
     /// Where the daemon's control socket (`<runtime_dir>/control.sock`) lives: `vigil
     /// calibrate` and `vigil model rollback` talk to the running daemon through it.
     /// Default `/run/vigil` (systemd `RuntimeDirectory=vigil`).
@@ -303,6 +306,9 @@ impl Config {
                     "{name} must be a positive number of seconds, got {v}"
                 ));
             }
+        }
+        if let Err(e) = self.metrics.address() {
+            return bad(e.to_string());
         }
         if self.cameras.is_empty() {
             return bad("no [[camera]] configured".into());

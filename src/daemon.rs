@@ -261,13 +261,7 @@ impl Running {
                 let fps = (scored.saturating_sub(last_scored[i])) as f64
                     / interval.as_secs_f64().max(1e-3);
                 last_scored[i] = scored;
-                let state = if c.is_calibrating() {
-                    "calibrating".to_string()
-                } else if !c.enabled.load(Ordering::Relaxed) {
-                    "disabled".to_string()
-                } else {
-                    h.state.as_str().to_string()
-                };
+                let state = crate::metrics::camera_state(c, &h).to_string();
                 Health {
                     schema: SCHEMA_HEALTH.to_string(),
                     node: self.pipeline.node.clone(),
@@ -283,6 +277,14 @@ impl Running {
                     error: h.last_error.clone(),
                 }
             })
+            .collect()
+    }
+
+    /// Capture-health probes, one per camera in `pipeline.cameras` order (for `/metrics`).
+    pub fn health_probes(&self) -> Vec<crate::metrics::HealthProbe> {
+        self.captures
+            .iter()
+            .map(|c| Box::new(c.health_probe()) as crate::metrics::HealthProbe)
             .collect()
     }
 
@@ -643,6 +645,20 @@ pub async fn serve(
         &cam_ids,
     ));
     calibrator.publish_all();
+    let metrics = if config.metrics.enabled {
+        let listener = crate::metrics::bind(&config.metrics)
+            .await
+            .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+        let registry = Arc::new(crate::metrics::registry(
+            running.pipeline.clone(),
+            running.health_probes(),
+            Some((*publisher).clone()),
+        ));
+        tracing::info!(listen = %config.metrics.listen, "serving Prometheus metrics at /metrics");
+        Some(tokio::spawn(crate::metrics::serve(listener, registry)))
+    } else {
+        None
+    };
     let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel(16);
     let socket = control::socket_path(&config.runtime_dir);
     let listener = match control::listen(&socket, ctl_tx.clone()) {
@@ -710,6 +726,10 @@ pub async fn serve(
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(h) = metrics {
+        h.abort();
+        let _ = h.await;
+    }
     if let Some(h) = listener {
         h.abort();
         let _ = std::fs::remove_file(&socket);

@@ -19,6 +19,7 @@ pub mod fit;
 pub mod frame;
 pub mod logging;
 pub mod messages;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod plots;

@@ -45,16 +45,38 @@ pub struct StageTimes {
     pub total_us: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CameraCounters {
     pub scored: AtomicU64,
     pub errors: AtomicU64,
+    /// Event messages (start, update, end).
     pub events: AtomicU64,
+    /// Anomaly events started.
+    pub anomalies: AtomicU64,
+    /// Backbone time per scored frame (for `/metrics`).
+    pub inference_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Capture → verdict published, per scored frame (for `/metrics`).
+    pub frame_latency_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Milliseconds since the pipeline's epoch of the last scored frame (0 = never).
     pub last_scored_ms: AtomicU64,
     /// Milliseconds since the pipeline's epoch of the last frame handed to a calibration
     /// (0 = never): the pipeline is alive while a camera calibrates.
     pub last_calibration_frame_ms: AtomicU64,
+}
+
+impl Default for CameraCounters {
+    fn default() -> Self {
+        CameraCounters {
+            scored: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            anomalies: AtomicU64::new(0),
+            inference_seconds: crate::metrics::latency_histogram(),
+            frame_latency_seconds: crate::metrics::latency_histogram(),
+            last_scored_ms: AtomicU64::new(0),
+            last_calibration_frame_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 struct DetectorState {
@@ -367,6 +389,9 @@ fn process(
         let out = d.det.observe(&obs, model_id);
         if let Some(ev) = &out.event {
             cam.counters.events.fetch_add(1, Ordering::Relaxed);
+            if ev.r#type == "start" {
+                cam.counters.anomalies.fetch_add(1, Ordering::Relaxed);
+            }
             // Queued (durably) before it is logged: a logged event is never lost.
             p.sink.event(&cam.cfg.id, ev);
             tracing::info!(camera = %cam.cfg.id, event_id = %ev.id, kind = %ev.r#type, seq = ev.seq, peak = ev.peak_score, "event");
@@ -403,6 +428,13 @@ fn process(
     }
     drop(d);
     let t5 = Instant::now();
+    cam.counters
+        .inference_seconds
+        .observe(t3.duration_since(t2).as_secs_f64());
+    cam.counters.frame_latency_seconds.observe(
+        t5.saturating_duration_since(frame.captured_mono)
+            .as_secs_f64(),
+    );
     if let Some(t) = &p.timings {
         let us = |a: Instant, b: Instant| b.duration_since(a).as_micros() as u64;
         lock(t).push(StageTimes {

@@ -1415,3 +1415,464 @@ fn a_configured_threshold_gives_way_to_the_calibrated_one_at_start_on_sighup_and
     signal(&daemon, "TERM");
     assert!(daemon.wait().expect("wait").success());
 }
+
+/// `GET path` on 127.0.0.1:`port`: (status code, body).
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if code == 200 {
+        assert!(
+            head.contains("Content-Type: application/openmetrics-text") || path != "/metrics",
+            "{head}"
+        );
+    }
+    Ok((code, body.to_string()))
+}
+
+/// The value of the sample `name{labels}` in an OpenMetrics page (labels as written).
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn prometheus_metrics_are_scraped_while_the_daemon_runs_on_a_folder_source() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let port = free_port();
+    let metrics = format!("[metrics]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\n[[camera]]");
+    patch_config(&config, &[LOOP, ("[[camera]]", &metrics)]);
+    let msgs = subscribe(broker.port, "vigil/testnode/#");
+    let mut daemon = spawn_daemon(&config);
+
+    // Scrape until an anomaly event has been counted.
+    let t0 = Instant::now();
+    let page = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no anomaly counted in /metrics"
+        );
+        if let Ok((200, page)) = http_get(port, "/metrics") {
+            if sample(&page, "vigil_camera_anomalies_total{camera=\"cam1\"}").unwrap_or(0.0) >= 1.0
+            {
+                break page;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let get = |series: &str| {
+        sample(&page, series).unwrap_or_else(|| panic!("no sample {series} in:\n{page}"))
+    };
+    let scored = get("vigil_camera_frames_scored_total{camera=\"cam1\"}");
+    let captured = get("vigil_camera_frames_captured_total{camera=\"cam1\"}");
+    let dropped = get("vigil_camera_frames_dropped_total{camera=\"cam1\"}");
+    assert!(scored >= 2.0, "{scored}");
+    assert!(captured >= scored && dropped <= captured, "{page}");
+    assert!(get("vigil_camera_event_messages_total{camera=\"cam1\"}") >= 1.0);
+    assert_eq!(get("vigil_camera_frame_errors_total{camera=\"cam1\"}"), 0.0);
+    // Histograms: one observation per scored frame, in seconds.
+    let count = get("vigil_camera_inference_seconds_count{camera=\"cam1\"}");
+    let sum = get("vigil_camera_inference_seconds_sum{camera=\"cam1\"}");
+    assert!(
+        count >= scored - 2.0 && count <= scored + 2.0,
+        "{count} vs {scored}"
+    );
+    let mean = sum / count;
+    assert!(mean > 0.001 && mean < 5.0, "mean inference {mean} s");
+    assert_eq!(
+        get("vigil_camera_inference_seconds_bucket{le=\"+Inf\",camera=\"cam1\"}"),
+        count
+    );
+    assert!(get("vigil_camera_frame_latency_seconds_count{camera=\"cam1\"}") >= 1.0);
+    assert_eq!(
+        get("vigil_camera_health{camera=\"cam1\",state=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("vigil_camera_health{camera=\"cam1\",state=\"stalled\"}"),
+        0.0
+    );
+    assert_eq!(get("vigil_camera_enabled{camera=\"cam1\"}"), 1.0);
+    let score = get("vigil_camera_last_score{camera=\"cam1\"}");
+    assert!((0.0..=1.0).contains(&score), "{score}");
+    let threshold = get("vigil_camera_threshold_log_density{camera=\"cam1\"}");
+    get("vigil_camera_last_log_density{camera=\"cam1\"}");
+    assert_eq!(get("vigil_mqtt_connected"), 1.0);
+    get("vigil_mqtt_outbox_events");
+    get("vigil_mqtt_events_acked_total");
+    // The model id label is the one the events carry; the threshold the one states carry.
+    let ev = json_of(&msgs.lock().expect("lock"), "/cam1/event");
+    let model_id = ev[0]["model_id"].as_str().expect("model id").to_string();
+    assert_eq!(
+        get(&format!(
+            "vigil_camera_model_info{{camera=\"cam1\",model_id=\"{model_id}\"}}"
+        )),
+        1.0
+    );
+    let st = json_of(&msgs.lock().expect("lock"), "/cam1/state");
+    let th = st.last().expect("a state")["threshold"]
+        .as_f64()
+        .expect("th");
+    assert!(
+        (th - threshold).abs() <= 1e-9 * th.abs().max(1.0),
+        "{th} vs {threshold}"
+    );
+    assert!(page.contains("vigil_build_info{version=\""), "{page}");
+    assert!(page.trim_end().ends_with("# EOF"), "{page}");
+    assert_eq!(http_get(port, "/nope").expect("get").0, 404);
+
+    // The broker goes away: the gauge says so.
+    drop(broker);
+    let t0 = Instant::now();
+    loop {
+        let (_, page) = http_get(port, "/metrics").expect("scrape");
+        if sample(&page, "vigil_mqtt_connected") == Some(0.0) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "still connected");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(&daemon, "TERM");
+    let st = daemon.wait().expect("wait");
+    assert!(st.success(), "exit {st:?}");
+    let log = std::fs::read_to_string(config.with_extension("log")).expect("log");
+    assert!(!log.contains("publisher still shared"), "{log}");
+}
+
+/// Keys Home Assistant documents for MQTT discovery (full names), common to every entity,
+/// then per platform: (platform, required, optional). From the HA docs of
+/// `mqtt` binary_sensor, sensor, image, button, number and switch.
+const HA_COMMON: &[&str] = &[
+    "availability",
+    "availability_mode",
+    "availability_template",
+    "availability_topic",
+    "device",
+    "enabled_by_default",
+    "encoding",
+    "entity_category",
+    "entity_picture",
+    "icon",
+    "json_attributes_template",
+    "json_attributes_topic",
+    "name",
+    "object_id",
+    "default_entity_id",
+    "origin",
+    "platform",
+    "qos",
+    "unique_id",
+];
+const HA_PLATFORMS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "binary_sensor",
+        &["state_topic"],
+        &[
+            "device_class",
+            "expire_after",
+            "force_update",
+            "off_delay",
+            "payload_off",
+            "payload_on",
+            "value_template",
+        ],
+    ),
+    (
+        "sensor",
+        &["state_topic"],
+        &[
+            "device_class",
+            "expire_after",
+            "force_update",
+            "last_reset_value_template",
+            "options",
+            "suggested_display_precision",
+            "state_class",
+            "unit_of_measurement",
+            "value_template",
+        ],
+    ),
+    (
+        "image",
+        &[],
+        &[
+            "content_type",
+            "image_encoding",
+            "image_topic",
+            "url_template",
+            "url_topic",
+        ],
+    ),
+    (
+        "button",
+        &["command_topic"],
+        &[
+            "command_template",
+            "device_class",
+            "payload_press",
+            "retain",
+        ],
+    ),
+    (
+        "number",
+        &["command_topic"],
+        &[
+            "command_template",
+            "device_class",
+            "min",
+            "max",
+            "mode",
+            "optimistic",
+            "payload_reset",
+            "retain",
+            "state_topic",
+            "step",
+            "unit_of_measurement",
+            "value_template",
+        ],
+    ),
+    (
+        "switch",
+        &["command_topic"],
+        &[
+            "command_template",
+            "device_class",
+            "optimistic",
+            "payload_off",
+            "payload_on",
+            "retain",
+            "state_off",
+            "state_on",
+            "state_topic",
+            "value_template",
+        ],
+    ),
+];
+const HA_DEVICE: &[&str] = &[
+    "configuration_url",
+    "connections",
+    "hw_version",
+    "identifiers",
+    "manufacturer",
+    "model",
+    "model_id",
+    "name",
+    "serial_number",
+    "suggested_area",
+    "sw_version",
+    "via_device",
+];
+
+/// `value_json.<field>` references of a Jinja template.
+fn json_fields(template: &str) -> Vec<String> {
+    template
+        .split("value_json.")
+        .skip(1)
+        .map(|s| {
+            s.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+fn ha_configs(m: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    m.iter()
+        .filter(|(t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn home_assistant_discovery_follows_the_documented_schema_drives_the_knobs_and_is_cleared_when_disabled(
+) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (_model, frames) = setup(dir.path());
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    let ha_on = "[mqtt.homeassistant]\nenabled = true\n\n[health]";
+    patch_config(&config, &[LOOP, MIN_FRAMES_30, ("[health]", ha_on)]);
+    let msgs = subscribe(broker.port, "#");
+    let mut daemon = spawn_daemon(&config);
+
+    wait_for(
+        &msgs,
+        "9 discovery configs and an event",
+        Duration::from_secs(120),
+        |m| {
+            ha_configs(m).len() >= 9 && json_of(m, "/cam1/event").iter().any(|e| e["type"] == "end")
+        },
+    );
+    let m = msgs.lock().expect("lock").clone();
+    let latest = |topic: &str| -> Option<Vec<u8>> {
+        m.iter()
+            .rev()
+            .find(|(t, _)| t == topic)
+            .map(|(_, p)| p.clone())
+    };
+    let mut unique = std::collections::BTreeSet::new();
+    let mut seen_platforms = std::collections::BTreeMap::new();
+    let mut commands = std::collections::BTreeMap::new();
+    for (topic, payload) in ha_configs(&m) {
+        // homeassistant/<platform>/<node_id>/<object_id>/config
+        let parts: Vec<&str> = topic.split('/').collect();
+        assert_eq!(parts.len(), 5, "{topic}");
+        let (platform, node_id, object) = (parts[1], parts[2], parts[3]);
+        assert!(node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+        let v: serde_json::Value = serde_json::from_slice(&payload).expect("config is JSON");
+        let obj = v.as_object().expect("object");
+        let (_, required, optional) = HA_PLATFORMS
+            .iter()
+            .find(|(p, _, _)| *p == platform)
+            .unwrap_or_else(|| panic!("undocumented platform {platform}"));
+        for k in obj.keys() {
+            assert!(
+                HA_COMMON.contains(&k.as_str())
+                    || required.contains(&k.as_str())
+                    || optional.contains(&k.as_str()),
+                "{topic}: key `{k}` is not documented for {platform}"
+            );
+        }
+        for k in *required {
+            assert!(obj.contains_key(*k), "{topic}: missing required `{k}`");
+        }
+        if platform == "image" {
+            assert!(obj.contains_key("image_topic") || obj.contains_key("url_topic"));
+        }
+        for k in obj["device"].as_object().expect("device").keys() {
+            assert!(HA_DEVICE.contains(&k.as_str()), "{topic}: device key `{k}`");
+        }
+        assert_eq!(obj["device"]["identifiers"][0], node_id);
+        assert!(unique.insert(obj["unique_id"].as_str().expect("unique_id").to_string()));
+        let avail = &obj["availability"][0];
+        assert_eq!(avail["topic"], "vigil/testnode/status");
+        let status = latest("vigil/testnode/status").expect("status published");
+        let status: serde_json::Value = serde_json::from_slice(&status).expect("json");
+        for f in json_fields(avail["value_template"].as_str().expect("tpl")) {
+            assert!(status.get(&f).is_some(), "status has no `{f}`");
+        }
+        assert_eq!(status["status"], avail["payload_available"]);
+        // Every topic it reads carries a retained vigil message whose JSON has the
+        // template's fields.
+        for key in ["state_topic", "json_attributes_topic", "image_topic"] {
+            let Some(t) = obj.get(key).and_then(|t| t.as_str()) else {
+                continue;
+            };
+            let p = latest(t).unwrap_or_else(|| panic!("{topic}: nothing on {key} {t}"));
+            if key == "image_topic" {
+                assert!(p.starts_with(&[0xFF, 0xD8]), "snapshot is not a JPEG");
+                continue;
+            }
+            let j: serde_json::Value = serde_json::from_slice(&p).expect("json");
+            if key == "state_topic" {
+                let tpl = obj["value_template"].as_str().expect("value_template");
+                for f in json_fields(tpl) {
+                    assert!(j.get(&f).is_some(), "{topic}: {t} has no `{f}` ({tpl})");
+                }
+            }
+        }
+        if let Some(t) = obj.get("command_topic") {
+            let t = t.as_str().expect("topic");
+            assert!(t.starts_with("vigil/testnode/cam1/") && t.ends_with("/set"));
+            assert_eq!(
+                obj["retain"], false,
+                "{topic}: commands must not be retained"
+            );
+            commands.insert(platform.to_string(), (t.to_string(), obj.clone()));
+        }
+        *seen_platforms.entry(platform.to_string()).or_insert(0) += 1;
+        let _ = object;
+    }
+    assert_eq!(unique.len(), 9);
+    assert_eq!(seen_platforms["sensor"], 4);
+    for p in ["binary_sensor", "image", "button", "number", "switch"] {
+        assert_eq!(seen_platforms[p], 1, "{p}");
+    }
+
+    // Driving the knobs the way Home Assistant does: the number's rendered template, the
+    // switch's payload_off, the button's payload_press.
+    let (t, number) = &commands["number"];
+    assert_eq!(number["command_template"], "{{ value }}");
+    publish(broker.port, t, "-123.25");
+    wait_for(&msgs, "threshold applied", Duration::from_secs(20), |m| {
+        json_of(m, "/cam1/state")
+            .iter()
+            .any(|s| s["threshold"].as_f64() == Some(-123.25))
+    });
+    let (t, switch) = &commands["switch"];
+    publish(broker.port, t, switch["payload_off"].as_str().expect("off"));
+    wait_for(&msgs, "detection disabled", Duration::from_secs(20), |m| {
+        json_of(m, "/cam1/enabled/state")
+            .iter()
+            .any(|s| s["value"] == false)
+    });
+    publish(broker.port, t, switch["payload_on"].as_str().expect("on"));
+    let (t, button) = &commands["button"];
+    publish(
+        broker.port,
+        t,
+        button["payload_press"].as_str().expect("press"),
+    );
+    wait_for(
+        &msgs,
+        "a calibration started",
+        Duration::from_secs(20),
+        |m| {
+            knob_states(m, "cam1").iter().any(|k| {
+                k["error"].is_null() && k["value"]["state"].as_str().is_some_and(|s| s != "idle")
+            })
+        },
+    );
+
+    // Home Assistant restarts: it announces itself and gets the configs again.
+    msgs.lock().expect("lock").clear();
+    publish(broker.port, "homeassistant/status", "online");
+    wait_for(&msgs, "configs re-sent", Duration::from_secs(20), |m| {
+        ha_configs(m).len() >= 9
+    });
+
+    // Discovery switched off: the next run clears the configs it published.
+    signal(&daemon, "TERM");
+    let st = daemon.wait().expect("wait");
+    let log = || std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+    assert!(st.success(), "exit {st:?}; log:\n{}", log());
+    patch_config(
+        &config,
+        &[("enabled = true\n\n[health]", "enabled = false\n\n[health]")],
+    );
+    msgs.lock().expect("lock").clear();
+    let mut daemon = spawn_daemon(&config);
+    wait_for(&msgs, "configs cleared", Duration::from_secs(60), |m| {
+        let cleared = ha_configs(m).iter().filter(|(_, p)| p.is_empty()).count();
+        cleared >= 9
+    });
+    // Health is published from the main loop, once signal handlers are in place.
+    wait_for(&msgs, "health", Duration::from_secs(30), |m| {
+        !json_of(m, "/cam1/health").is_empty()
+    });
+    signal(&daemon, "TERM");
+    let st = daemon.wait().expect("wait");
+    assert!(st.success(), "exit {st:?}; log:\n{}", log());
+}

@@ -8,6 +8,8 @@ use rumqttc::tokio_rustls::rustls;
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
+use super::homeassistant::HomeAssistantConfig;
+
 /// Why an [`MqttConfig`] (or the secrets and certificates it points to) cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -98,6 +100,8 @@ pub struct MqttConfig {
     /// Largest MQTT packet sent or accepted, bytes (snapshots are raw JPEGs: size it for
     /// them). Larger publishes are refused with an error. Default `4194304` (4 MiB).
     pub max_packet_bytes: usize,
+    /// Home Assistant MQTT discovery (`[mqtt.homeassistant]`). Default: off.
+    pub homeassistant: HomeAssistantConfig,
     /// Not a setting: a literal `password` key is refused when the file is parsed (the
     /// password must come from `password_file` or `password_env`).
     #[serde(
@@ -129,6 +133,7 @@ impl Default for MqttConfig {
             inflight: 100,
             request_channel: 256,
             max_packet_bytes: 4 * 1024 * 1024,
+            homeassistant: HomeAssistantConfig::default(),
             literal_password: (),
         }
     }
@@ -260,6 +265,7 @@ impl MqttConfig {
     pub fn validate(&self, node: &str) -> Result<(), ConfigError> {
         let broker = parse_broker_url(&self.url)?;
         check_topic_level("node", node)?;
+        self.homeassistant.validate()?;
         check_prefix(&self.prefix)?;
         if let Some(id) = &self.client_id {
             if id.is_empty() || id.len() > 65_535 {

@@ -19,6 +19,7 @@
 //! and `seq`.
 
 mod config;
+mod homeassistant;
 mod outbox;
 mod session;
 mod topics;
@@ -34,6 +35,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 pub use config::{parse_broker_url, BrokerUrl, ConfigError, MqttConfig};
+pub use homeassistant::{HomeAssistantConfig, HEALTH_STATES};
 pub use outbox::OutboxError;
 pub use topics::Knob;
 
@@ -211,6 +213,21 @@ impl Publisher {
 
         let mut inner = Inner::new(outbox);
         inner.counters.outbox_dropped = evicted as u64;
+        let ha = &cfg.homeassistant;
+        let discovery = if ha.enabled {
+            homeassistant::discovery_messages(ha, &topics, &node, &cameras)
+        } else {
+            Vec::new()
+        };
+        let discovery_topics: Vec<String> = discovery.iter().map(|(t, _)| t.clone()).collect();
+        // Cleared (empty retained payload) before the current configs are sent.
+        for topic in homeassistant::stale_topics(state_dir, &discovery_topics) {
+            tracing::info!(%topic, "clearing a Home Assistant config of a camera no longer served");
+            inner.retained.insert(topic, Vec::new());
+        }
+        for (topic, payload) in discovery {
+            inner.retained.insert(topic, payload);
+        }
         let shared = Arc::new(Shared {
             settings,
             topics,
@@ -221,6 +238,8 @@ impl Publisher {
             wake: Notify::new(),
             next_seq: AtomicU64::new(next_seq),
             outbox_dir,
+            ha_status_topic: ha.enabled.then(|| ha.status_topic()),
+            discovery_topics,
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
         let handle = runtime.spawn(session::run(shared.clone(), eventloop, cmd_tx));

@@ -83,6 +83,10 @@ pub(crate) struct Shared {
     pub wake: Notify,
     pub next_seq: AtomicU64,
     pub outbox_dir: PathBuf,
+    /// `<discovery_prefix>/status` when Home Assistant discovery is on.
+    pub ha_status_topic: Option<String>,
+    /// Home Assistant config topics (their payloads are in `Inner::retained`).
+    pub discovery_topics: Vec<String>,
 }
 
 pub(crate) struct Inner {
@@ -194,6 +198,7 @@ impl Inner {
                         .topics
                         .knob_set_filters()
                         .into_iter()
+                        .chain(sh.ha_status_topic.clone())
                         .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
                     sh.client.try_subscribe_many(filters).is_ok()
                 }
@@ -342,6 +347,19 @@ impl Inner {
     }
 
     fn on_inbound(&mut self, sh: &Shared, p: &rumqttc::Publish, commands: &mpsc::Sender<Command>) {
+        if sh.ha_status_topic.as_deref() == Some(p.topic.as_str()) {
+            // Home Assistant (re)started: it wants the discovery configs again.
+            if p.payload.trim_ascii() == b"online" {
+                tracing::info!("Home Assistant is online: re-sending discovery configs");
+                for topic in &sh.discovery_topics {
+                    let c = Ctrl::Retained(topic.clone());
+                    if !self.ctrl.contains(&c) {
+                        self.ctrl.push_back(c);
+                    }
+                }
+            }
+            return;
+        }
         let Some((camera, knob)) = sh.topics.parse_set(&p.topic) else {
             tracing::debug!(topic = %p.topic, "ignoring a message on an unexpected topic");
             return;
@@ -586,6 +604,8 @@ mod tests {
             wake: Notify::new(),
             next_seq: AtomicU64::new(entries),
             outbox_dir,
+            ha_status_topic: None,
+            discovery_topics: Vec::new(),
         });
         let (tx, _rx) = mpsc::channel(4);
         Fixture {

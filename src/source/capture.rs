@@ -388,6 +388,12 @@ impl CaptureHandle {
         self.shared.lock().health.clone()
     }
 
+    /// A shareable probe of [`CaptureHandle::health`] (for the metrics endpoint).
+    pub fn health_probe(&self) -> impl Fn() -> CaptureHealth + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.lock().health.clone()
+    }
+
     /// A `Send` probe reporting why the capture has ended for good (finite source ended,
     /// permanent error), `None` while it runs or retries.
     pub fn shared_health(&self) -> impl Fn() -> Option<String> + Send + 'static {
