@@ -154,7 +154,9 @@ impl Calibrator {
         let guard = JobGuard {
             calibrator: Arc::clone(self),
             cam: Arc::clone(&cam),
-            model_id: cam.current_model().artifact.meta.model_id.clone(),
+            model_id: cam
+                .current_model()
+                .map(|m| m.artifact.meta.model_id.clone()),
             finished: false,
         };
         let me = Arc::clone(self);
@@ -198,10 +200,28 @@ impl Calibrator {
         let id = cam.cfg.id.clone();
         let t0 = Instant::now();
         let old = cam.current_model();
-        let pre = old.artifact.meta.preprocessing;
-        // Same preprocessing, same backbone, same feature preset as the model it replaces.
-        params.features =
-            crate::preset::FeaturePreset::from_artifact_name(&old.artifact.meta.features);
+        let old_id = old.as_ref().map(|m| m.artifact.meta.model_id.clone());
+        let pre = match &old {
+            // Same preprocessing, same backbone, same feature preset as the model it
+            // replaces.
+            Some(old) => {
+                params.features =
+                    crate::preset::FeaturePreset::from_artifact_name(&old.artifact.meta.features);
+                old.artifact.meta.preprocessing
+            }
+            // The camera's first model: the preset of the daemon's backbone.
+            None => {
+                let info = crate::backbone::Backbone::info(&bb);
+                params.features = crate::preset::FeaturePreset::for_backbone(&info.path);
+                crate::preprocess::PreprocessConfig {
+                    normalization: params.features.normalization(),
+                    ..crate::preprocess::PreprocessConfig::imagenet(
+                        info.input_width,
+                        info.input_height,
+                    )
+                }
+            }
+        };
         let mut feed = SlotFeed {
             slot: tap,
             ended: probe,
@@ -225,8 +245,8 @@ impl Calibrator {
             .map_err(|e| (e.to_string(), e.is_refusal()))
             .and_then(|cal| {
                 let store = ModelStore::new(&self.state_dir, &id);
-                store
-                    .import(&old.artifact, &old.path)
+                old.as_ref()
+                    .map_or(Ok(()), |old| store.import(&old.artifact, &old.path))
                     .and_then(|()| store.add(&cal.artifact, self.defaults.keep_models))
                     .map(|path| (cal, path))
                     .map_err(|e| (format!("saving the model: {e}"), false))
@@ -236,12 +256,12 @@ impl Calibrator {
                 let m = &cal.artifact.meta;
                 let st = CalibStatus::Done {
                     model_id: m.model_id.clone(),
-                    previous_model_id: Some(old.artifact.meta.model_id.clone()),
+                    previous_model_id: old_id.clone(),
                     threshold: m.threshold.log_density,
                     frames: cal.checks.usable,
                     duration_s: t0.elapsed().as_secs_f64(),
                 };
-                tracing::info!(camera = %id, old = %old.artifact.meta.model_id, new = %m.model_id, path = %path.display(), "calibrated model swapped in");
+                tracing::info!(camera = %id, old = old_id.as_deref().unwrap_or("none"), new = %m.model_id, path = %path.display(), "calibrated model swapped in");
                 // Swap before the frames go back to scoring: the first scored frame uses it.
                 cam.swap_model(LoadedModel {
                     artifact: cal.artifact,
@@ -251,11 +271,11 @@ impl Calibrator {
                 st
             }
             Err((reason, refused)) => {
-                tracing::warn!(camera = %id, %reason, refused, model_id = %old.artifact.meta.model_id, "calibration failed: the current model keeps serving");
+                tracing::warn!(camera = %id, %reason, refused, model_id = old_id.as_deref().unwrap_or("none"), "calibration failed: the current model keeps serving");
                 CalibStatus::Failed {
                     reason,
                     refused,
-                    model_id: Some(old.artifact.meta.model_id.clone()),
+                    model_id: old_id.clone(),
                 }
             }
         };
@@ -283,8 +303,9 @@ impl Calibrator {
 struct JobGuard {
     calibrator: Arc<Calibrator>,
     cam: Arc<CameraRuntime>,
-    /// The model in service when the job started (it keeps serving).
-    model_id: String,
+    /// The model in service when the job started (it keeps serving; `None`: the camera
+    /// had none).
+    model_id: Option<String>,
     finished: bool,
 }
 
@@ -301,7 +322,7 @@ impl Drop for JobGuard {
             CalibStatus::Failed {
                 reason: "internal error: the calibration ended without a result".into(),
                 refused: false,
-                model_id: Some(self.model_id.clone()),
+                model_id: self.model_id.clone(),
             },
         );
     }
@@ -355,10 +376,10 @@ mod tests {
             cam_cfg,
             "n",
             "vigil/n/cam1/snapshot".into(),
-            LoadedModel {
+            Some(LoadedModel {
                 artifact,
                 path: state_dir.join("m.safetensors"),
-            },
+            }),
             Arc::new(FrameSlot::new()),
         ));
         let cal = Arc::new(Calibrator::new(
@@ -410,7 +431,8 @@ mod tests {
                 assert!(!refused);
                 assert_eq!(
                     model_id,
-                    Some(cam.current_model().artifact.meta.model_id.clone())
+                    cam.current_model()
+                        .map(|m| m.artifact.meta.model_id.clone())
                 );
             }
             other => panic!("expected failed, got {other:?}"),

@@ -63,6 +63,24 @@ pub fn load_camera_model(
     Ok(LoadedModel { artifact, path })
 }
 
+/// [`load_camera_model`], except that a camera with nothing to load — no model store
+/// pointer, no `model` key, no file at the default path — is `None`: it has not been
+/// calibrated yet and waits for its first calibration. A configured `model` that does not
+/// exist, or a file that exists but is corrupt or mismatched, is still an error.
+pub fn load_camera_model_if_any(
+    cam: &CameraConfig,
+    state_dir: &Path,
+    backbone: &Path,
+    sha: &str,
+) -> Result<Option<LoadedModel>, DaemonError> {
+    let path = crate::store::camera_model_path(cam, state_dir)
+        .map_err(|e| cfg_err(format!("camera {}: {e}", cam.id)))?;
+    if cam.model.is_none() && !path.exists() && path == cam.model_path(state_dir) {
+        return Ok(None);
+    }
+    load_camera_model(cam, state_dir, backbone, sha).map(Some)
+}
+
 /// The configured `[[camera]] threshold` to run with the model `served_id`, if any. It
 /// applies to the camera's configured model only: once the store's `current` pointer
 /// names another version (one a calibration produced), the calibrated threshold runs and
@@ -92,7 +110,8 @@ pub fn configured_threshold(cam: &CameraConfig, state_dir: &Path, served_id: &st
 /// Everything `check-config` verifies without opening a camera or the network.
 pub struct Checked {
     pub config: Config,
-    pub models: Vec<LoadedModel>,
+    /// Per camera; `None`: not calibrated yet.
+    pub models: Vec<Option<LoadedModel>>,
     pub backbone_sha: String,
 }
 
@@ -102,17 +121,24 @@ pub fn check_config(path: &Path) -> Result<Checked, DaemonError> {
     let sha = file_sha256(bb).map_err(|e| cfg_err(format!("inference.backbone: {e}")))?;
     let mut models = Vec::new();
     for cam in &config.cameras {
-        let m = load_camera_model(cam, &config.state_dir, bb, &sha)?;
+        let m = load_camera_model_if_any(cam, &config.state_dir, bb, &sha)?;
+        let Some(m) = m else {
+            tracing::warn!(camera = %cam.id, path = %cam.model_path(&config.state_dir).display(), "camera not calibrated yet: it waits for `vigil calibrate` (or MQTT calibrate/set)");
+            models.push(None);
+            continue;
+        };
         let pre = m.artifact.meta.preprocessing;
         if let Some(first) = models
-            .first()
+            .iter()
+            .flatten()
+            .next()
             .map(|f: &LoadedModel| f.artifact.meta.preprocessing)
         {
             if first != pre {
                 return Err(cfg_err(format!("camera {}: model preprocessing differs from the other cameras' (one backbone input per daemon)", cam.id)));
             }
         }
-        models.push(m);
+        models.push(Some(m));
     }
     Ok(Checked {
         config,
@@ -159,15 +185,16 @@ pub struct Running {
     pub spare_backbone: Option<TractBackbone>,
 }
 
-/// Start sources and workers for `config` with already loaded models.
+/// Start sources and workers for `config` with already loaded models (`None`: the camera
+/// waits for its first calibration).
 pub fn start_pipeline(
     config: &Config,
-    models: Vec<LoadedModel>,
+    models: Vec<Option<LoadedModel>>,
     sink: Arc<dyn Sink>,
     snapshot_topic: &dyn Fn(&str) -> String,
     record_timings: bool,
 ) -> Result<Running, DaemonError> {
-    let size = models.first().map(|m| {
+    let size = models.iter().flatten().next().map(|m| {
         (
             m.artifact.meta.preprocessing.width,
             m.artifact.meta.preprocessing.height,
@@ -193,7 +220,9 @@ pub fn start_pipeline(
     let mut cameras = Vec::new();
     for (cam, model) in config.cameras.iter().zip(models) {
         let slot = Arc::new(FrameSlot::new());
-        let threshold = configured_threshold(cam, &config.state_dir, &model.artifact.meta.model_id);
+        let threshold = model
+            .as_ref()
+            .and_then(|m| configured_threshold(cam, &config.state_dir, &m.artifact.meta.model_id));
         let rt = CameraRuntime::new(
             cam.clone(),
             &config.node,
@@ -430,13 +459,15 @@ fn handle_control(
             ))),
             Some(c) => {
                 let old = c.current_model();
+                let old_pre = old.as_ref().map(|o| o.artifact.meta.preprocessing);
+                let old_id = old.as_ref().map(|o| o.artifact.meta.model_id.clone());
                 match load_camera_model(
                     &c.cfg,
                     &config.state_dir,
                     &config.inference.backbone,
                     &running.backbone_sha,
                 ) {
-                    Ok(m) if m.artifact.meta.preprocessing != old.artifact.meta.preprocessing => {
+                    Ok(m) if old_pre.is_some_and(|p| m.artifact.meta.preprocessing != p) => {
                         control::Reply::Once(control::error_line(&format!(
                             "{}: preprocessing differs from the running one's (restart vigil)",
                             m.path.display()
@@ -444,7 +475,7 @@ fn handle_control(
                     }
                     Ok(m) => {
                         let id = m.artifact.meta.model_id.clone();
-                        tracing::info!(camera = %camera, old = %old.artifact.meta.model_id, new = %id, "model reloaded from the store");
+                        tracing::info!(camera = %camera, old = old_id.as_deref().unwrap_or("none"), new = %id, "model reloaded from the store");
                         let mut cfg = c.cfg.clone();
                         cfg.threshold = *lock(&c.configured_threshold);
                         *lock(&c.threshold_override) =
@@ -454,7 +485,7 @@ fn handle_control(
                             "ok": true,
                             "camera": camera,
                             "model_id": id,
-                            "previous_model_id": old.artifact.meta.model_id,
+                            "previous_model_id": old_id,
                         }))
                     }
                     Err(e) => control::Reply::Once(control::error_line(&e.to_string())),
@@ -483,7 +514,7 @@ fn handle_control(
                     (
                         c.cfg.id.clone(),
                         serde_json::json!({
-                            "model_id": c.current_model().artifact.meta.model_id,
+                            "model_id": c.current_model().map(|m| m.artifact.meta.model_id.clone()),
                             "calibration": cal,
                         }),
                     )
@@ -506,7 +537,9 @@ fn rollback_camera(
 ) -> Result<serde_json::Value, String> {
     let camera = &c.cfg.id;
     let store = crate::store::ModelStore::new(&config.state_dir, camera);
-    let old = c.current_model();
+    let old = c
+        .current_model()
+        .ok_or_else(|| format!("camera {camera} has no model yet: nothing to roll back"))?;
     let old_id = old.artifact.meta.model_id.clone();
     let _lock = store.lock().map_err(|e| e.to_string())?;
     let prev = store.previous(Some(&old_id)).map_err(|e| e.to_string())?;
@@ -571,16 +604,22 @@ fn reload(path: &Path, running: &Running) {
         if rt.cfg.source != cam.source {
             tracing::warn!(camera = %cam.id, "source changed: restart vigil to apply");
         }
-        let old = rt.current_model();
-        if old.artifact.meta.model_id != model.artifact.meta.model_id {
-            tracing::info!(camera = %cam.id, old = %old.artifact.meta.model_id, new = %model.artifact.meta.model_id, "model swapped");
-            rt.swap_model(model);
+        let old_id = rt.current_model().map(|m| m.artifact.meta.model_id.clone());
+        match model {
+            Some(model) if old_id.as_deref() != Some(model.artifact.meta.model_id.as_str()) => {
+                tracing::info!(camera = %cam.id, old = old_id.as_deref().unwrap_or("none"), new = %model.artifact.meta.model_id, "model swapped");
+                rt.swap_model(model);
+            }
+            Some(_) => {}
+            None if old_id.is_some() => {
+                tracing::warn!(camera = %cam.id, "its model file is gone: the loaded model keeps serving");
+            }
+            None => {}
         }
-        *lock(&rt.threshold_override) = configured_threshold(
-            cam,
-            &checked.config.state_dir,
-            &rt.current_model().artifact.meta.model_id,
-        );
+        if let Some(m) = rt.current_model() {
+            *lock(&rt.threshold_override) =
+                configured_threshold(cam, &checked.config.state_dir, &m.artifact.meta.model_id);
+        }
         *lock(&rt.configured_threshold) = cam.threshold;
         rt.enabled.store(cam.enabled, Ordering::Relaxed);
         if rt.cfg.detector != cam.detector {
@@ -613,7 +652,7 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
 pub async fn serve(
     path: Option<PathBuf>,
     config: Config,
-    models: Vec<LoadedModel>,
+    models: Vec<Option<LoadedModel>>,
     deadline: Option<Duration>,
 ) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};

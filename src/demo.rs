@@ -204,10 +204,10 @@ update_interval_s = 1
     let config = Config::from_toml(&text).map_err(|e| DaemonError::Config(e.to_string()))?;
     let sha = crate::backbone::file_sha256(&opts.backbone)
         .map_err(|e| DaemonError::Config(e.to_string()))?;
-    let models: Vec<LoadedModel> = config
+    let models: Vec<Option<LoadedModel>> = config
         .cameras
         .iter()
-        .map(|c| daemon::load_camera_model(c, &config.state_dir, &opts.backbone, &sha))
+        .map(|c| daemon::load_camera_model(c, &config.state_dir, &opts.backbone, &sha).map(Some))
         .collect::<Result<_, _>>()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

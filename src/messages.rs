@@ -43,8 +43,10 @@ pub struct Status {
     pub cameras: Vec<String>,
 }
 
-/// Camera health: `ok`, `stalled` (no frame for `stall_timeout`), `offline` (source failed,
-/// reopening with backoff), `calibrating`, `disabled`.
+/// Camera health: `starting`, `ok`, `uncalibrated` (frames flow but the camera has no
+/// model yet: it waits for its first calibration), `stalled` (no frame for
+/// `stall_timeout`), `offline` (source failed, reopening with backoff), `ended` (a finite
+/// source is done), `calibrating`, `disabled`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
     pub schema: String,

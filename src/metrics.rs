@@ -100,12 +100,15 @@ pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.002, 2.0, 12))
 }
 
-/// A camera's health as published: `calibrating` and `disabled` override the capture's.
+/// A camera's health as published: `calibrating` and `disabled` override the capture's
+/// state; a capture that is `ok` on a camera without a model is `uncalibrated`.
 pub fn camera_state(cam: &CameraRuntime, capture: &CaptureHealth) -> &'static str {
     if cam.is_calibrating() {
         "calibrating"
     } else if !cam.enabled.load(Ordering::Relaxed) {
         "disabled"
+    } else if capture.state == crate::source::HealthState::Ok && cam.current_model().is_none() {
+        "uncalibrated"
     } else {
         capture.state.as_str()
     }
@@ -295,7 +298,7 @@ impl Collector for DaemonCollector {
             e,
             "vigil_camera_threshold_log_density",
             "Threshold in force: a frame is anomalous iff its log-density is below it.",
-            |c| Some(c.threshold(&c.current_model())),
+            |c| c.current_model().map(|m| c.threshold(&m)),
         )?;
         {
             let mut me = e.encode_descriptor(
@@ -305,7 +308,9 @@ impl Collector for DaemonCollector {
                 MetricType::Info,
             )?;
             for c in cams {
-                let model = c.current_model();
+                let Some(model) = c.current_model() else {
+                    continue;
+                };
                 me.encode_info(&[
                     ("camera", c.cfg.id.clone()),
                     ("model_id", model.artifact.meta.model_id.clone()),

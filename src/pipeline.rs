@@ -62,6 +62,9 @@ pub struct CameraCounters {
     /// Milliseconds since the pipeline's epoch of the last frame handed to a calibration
     /// (0 = never): the pipeline is alive while a camera calibrates.
     pub last_calibration_frame_ms: AtomicU64,
+    /// Milliseconds since the pipeline's epoch of the last frame taken while the camera
+    /// had no model yet (0 = never): alive while it waits for its first calibration.
+    pub last_uncalibrated_frame_ms: AtomicU64,
 }
 
 impl Default for CameraCounters {
@@ -75,6 +78,7 @@ impl Default for CameraCounters {
             frame_latency_seconds: crate::metrics::latency_histogram(),
             last_scored_ms: AtomicU64::new(0),
             last_calibration_frame_ms: AtomicU64::new(0),
+            last_uncalibrated_frame_ms: AtomicU64::new(0),
         }
     }
 }
@@ -93,7 +97,9 @@ struct DetectorState {
 pub struct CameraRuntime {
     pub cfg: CameraConfig,
     pub slot: Arc<FrameSlot>,
-    pub model: RwLock<Arc<LoadedModel>>,
+    /// The model in service; `None` while the camera waits for its first calibration
+    /// (frames are taken and dropped, health says `uncalibrated`).
+    pub model: RwLock<Option<Arc<LoadedModel>>>,
     pub threshold_override: Mutex<Option<f64>>,
     /// `[[camera]] threshold` as last (re)loaded: it applies to the configured model only
     /// (see [`crate::daemon::configured_threshold`]).
@@ -113,7 +119,7 @@ impl CameraRuntime {
         cfg: CameraConfig,
         node: &str,
         snapshot_topic: String,
-        model: LoadedModel,
+        model: Option<LoadedModel>,
         slot: Arc<FrameSlot>,
     ) -> Self {
         let det = Detector::new(cfg.detector.clone(), node, &cfg.id, snapshot_topic);
@@ -123,7 +129,7 @@ impl CameraRuntime {
             configured_threshold: Mutex::new(cfg.threshold),
             cfg,
             slot,
-            model: RwLock::new(Arc::new(model)),
+            model: RwLock::new(model.map(Arc::new)),
             counters: CameraCounters::default(),
             detector: Mutex::new(DetectorState {
                 det,
@@ -137,7 +143,8 @@ impl CameraRuntime {
         }
     }
 
-    pub fn current_model(&self) -> Arc<LoadedModel> {
+    /// The model in service (`None`: not calibrated yet).
+    pub fn current_model(&self) -> Option<Arc<LoadedModel>> {
         match self.model.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -150,7 +157,7 @@ impl CameraRuntime {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        *g = Arc::new(model);
+        *g = Some(Arc::new(model));
     }
 
     pub fn threshold(&self, model: &LoadedModel) -> f64 {
@@ -205,7 +212,10 @@ impl CameraRuntime {
     }
 
     fn force_end(&self, d: &mut DetectorState, sink: &dyn Sink) {
-        let model = self.current_model();
+        // No model, no scored frame: no event can be open.
+        let Some(model) = self.current_model() else {
+            return;
+        };
         let (id, threshold) = (&model.artifact.meta.model_id, self.threshold(&model));
         if let Some(ev) = d.det.force_end(SystemTime::now(), id, threshold) {
             sink.event(&self.cfg.id, &ev);
@@ -249,6 +259,9 @@ impl Pipeline {
                 [
                     c.counters.last_scored_ms.load(Ordering::Relaxed),
                     c.counters.last_calibration_frame_ms.load(Ordering::Relaxed),
+                    c.counters
+                        .last_uncalibrated_frame_ms
+                        .load(Ordering::Relaxed),
                 ]
             })
             .max()
@@ -284,13 +297,10 @@ pub fn spawn_workers(pipeline: &Arc<Pipeline>, backbones: Vec<TractBackbone>) ->
 
 fn worker_loop(index: usize, p: &Pipeline, mut bb: TractBackbone) {
     let info = bb.info().clone();
-    let pre_cfg = p
-        .cameras
-        .first()
-        .map(|c| c.current_model().artifact.meta.preprocessing);
-    let Some(pre_cfg) = pre_cfg else { return };
-    let mut pre = Preprocessor::new(pre_cfg);
-    let mut tensor = vec![0.0f32; pre_cfg.tensor_len()];
+    // Built from the first model seen (every model of a daemon has the same preprocessing:
+    // one backbone input), rebuilt if a model with another one is swapped in.
+    let mut pre: Option<Preprocessor> = None;
+    let mut tensor = Vec::new();
     let mut feat = vec![0.0f32; info.feature_dim];
     let mut workspaces: Vec<Option<Workspace>> = p.cameras.iter().map(|_| None).collect();
     let n = p.cameras.len();
@@ -320,12 +330,28 @@ fn worker_loop(index: usize, p: &Pipeline, mut bb: TractBackbone) {
                 .store(p.now_ms(), Ordering::Relaxed);
             continue;
         }
+        let Some(model) = cam.current_model() else {
+            // Not calibrated yet: nothing to score against.
+            cam.counters
+                .last_uncalibrated_frame_ms
+                .store(p.now_ms(), Ordering::Relaxed);
+            continue;
+        };
+        let want = model.artifact.meta.preprocessing;
+        let pre = match &mut pre {
+            Some(x) if *x.config() == want => x,
+            slot => {
+                tensor = vec![0.0f32; want.tensor_len()];
+                slot.insert(Preprocessor::new(want))
+            }
+        };
         if let Err(e) = process(
             p,
             cam,
+            &model,
             &frame,
             &mut bb,
-            &mut pre,
+            pre,
             &mut tensor,
             &mut feat,
             &mut workspaces[ci],
@@ -340,6 +366,7 @@ fn worker_loop(index: usize, p: &Pipeline, mut bb: TractBackbone) {
 fn process(
     p: &Pipeline,
     cam: &CameraRuntime,
+    model: &LoadedModel,
     frame: &Frame,
     bb: &mut TractBackbone,
     pre: &mut Preprocessor,
@@ -356,11 +383,10 @@ fn process(
     let t2 = Instant::now();
     bb.extract(tensor, 1, feat).map_err(|e| e.to_string())?;
     let t3 = Instant::now();
-    let model = cam.current_model();
     let dfkde = &model.artifact.model;
     let w = ws.get_or_insert_with(|| dfkde.workspace());
     let score = dfkde.score(feat, w).map_err(|e| e.to_string())?;
-    let threshold = cam.threshold(&model);
+    let threshold = cam.threshold(model);
     let obs = Observation {
         captured_at: frame.captured_at,
         log_density: score.log_density,

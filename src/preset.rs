@@ -45,6 +45,17 @@ impl FeaturePreset {
             .unwrap_or_default()
     }
 
+    /// The preset whose shipped backbone file is `path`'s file name (any other file:
+    /// anomalib's). Used for a camera's first calibration, which has no model to copy
+    /// the preset from.
+    pub fn for_backbone(path: &std::path::Path) -> FeaturePreset {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        FeaturePreset::ALL
+            .into_iter()
+            .find(|p| p.backbone_file() == name)
+            .unwrap_or_default()
+    }
+
     /// The ONNX file under `models/` (or /usr/share/vigil/models) this preset runs.
     pub fn backbone_file(self) -> &'static str {
         match self {

@@ -1876,3 +1876,107 @@ fn home_assistant_discovery_follows_the_documented_schema_drives_the_knobs_and_i
     let st = daemon.wait().expect("wait");
     assert!(st.success(), "exit {st:?}; log:\n{}", log());
 }
+
+#[test]
+fn an_uncalibrated_camera_starts_waits_and_serves_after_its_first_remote_calibration() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let (model, frames) = setup(dir.path());
+    // A fresh install: no model for the camera at all.
+    std::fs::remove_file(&model).expect("rm model");
+    let goods = train_goods();
+    repoint(&frames, &goods[100..136]);
+    let config = write_config(dir.path(), broker.port, &frames, "");
+    patch_config(&config, &[LOOP, MIN_FRAMES_30]);
+    let check = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["check-config", config.to_str().expect("p")])
+        .output()
+        .expect("check");
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains("not calibrated yet"),
+        "{check:?}"
+    );
+    // An explicitly configured model that does not exist is still a configuration error.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&config).expect("read").replace(
+            "id = \"cam1\"",
+            "id = \"cam1\"\nmodel = \"/nonexistent/m.safetensors\"",
+        ),
+    )
+    .expect("write");
+    let bad = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["check-config", typo.to_str().expect("p")])
+        .output()
+        .expect("check");
+    assert_eq!(bad.status.code(), Some(78), "{bad:?}");
+
+    let msgs = subscribe(broker.port, "vigil/testnode/#");
+    let mut daemon = spawn_daemon(&config);
+    wait_for(&msgs, "health uncalibrated", Duration::from_secs(60), |m| {
+        json_of(m, "/cam1/health")
+            .iter()
+            .any(|h| h["state"] == "uncalibrated")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    {
+        let m = msgs.lock().expect("lock");
+        assert!(json_of(&m, "/cam1/state").is_empty(), "no model, no state");
+        assert!(json_of(&m, "/cam1/event").is_empty(), "no model, no event");
+        assert!(json_of(&m, "/status")
+            .iter()
+            .any(|s| s["status"] == "online"));
+    }
+    publish(
+        broker.port,
+        "vigil/testnode/cam1/calibrate/set",
+        r#"{"frames": 40, "interval_s": 0}"#,
+    );
+    wait_for(&msgs, "calibration done", Duration::from_secs(120), |m| {
+        knob_states(m, "cam1")
+            .iter()
+            .any(|k| k["value"]["state"] == "done")
+    });
+    let done = knob_states(&msgs.lock().expect("lock"), "cam1")
+        .into_iter()
+        .find(|k| k["value"]["state"] == "done")
+        .expect("done");
+    let new_id = done["value"]["model_id"]
+        .as_str()
+        .expect("model id")
+        .to_string();
+    assert!(done["value"]["previous_model_id"].is_null(), "{done}");
+    wait_for(
+        &msgs,
+        "states under the new model, health ok",
+        Duration::from_secs(60),
+        |m| {
+            json_of(m, "/cam1/state")
+                .iter()
+                .any(|s| s["model_id"] == new_id.as_str())
+                && json_of(m, "/cam1/health")
+                    .last()
+                    .is_some_and(|h| h["state"] == "ok")
+        },
+    );
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+
+    // The next start serves the calibrated model from the store.
+    msgs.lock().expect("lock").clear();
+    let mut daemon = spawn_daemon(&config);
+    wait_for(
+        &msgs,
+        "the stored model serving",
+        Duration::from_secs(60),
+        |m| {
+            json_of(m, "/cam1/state")
+                .iter()
+                .any(|s| s["model_id"] == new_id.as_str())
+        },
+    );
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+}

@@ -172,10 +172,10 @@ pub fn bench(
         let config = Config::from_toml(&text).map_err(|e| DaemonError::Config(e.to_string()))?;
         let sha = crate::backbone::file_sha256(backbone)
             .map_err(|e| DaemonError::Config(e.to_string()))?;
-        let models: Vec<LoadedModel> = config
+        let models: Vec<Option<LoadedModel>> = config
             .cameras
             .iter()
-            .map(|c| daemon::load_camera_model(c, &config.state_dir, backbone, &sha))
+            .map(|c| daemon::load_camera_model(c, &config.state_dir, backbone, &sha).map(Some))
             .collect::<Result<_, _>>()?;
         let _guard = rt.enter();
         let (publisher, _commands) = Publisher::start(

@@ -70,9 +70,10 @@ impl HomeAssistantConfig {
 }
 
 /// Health states a camera reports (the `health` sensor's enum options).
-pub const HEALTH_STATES: [&str; 7] = [
+pub const HEALTH_STATES: [&str; 8] = [
     "starting",
     "ok",
+    "uncalibrated",
     "stalled",
     "offline",
     "ended",
