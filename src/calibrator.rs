@@ -251,6 +251,8 @@ impl Calibrator {
                     .map(|path| (cal, path))
                     .map_err(|e| (format!("saving the model: {e}"), false))
             });
+        // The fit's feature matrices and hold-out scores are freed: give the pages back.
+        crate::mem::release_free_heap();
         let status = match result {
             Ok((cal, path)) => {
                 let m = &cal.artifact.meta;

@@ -255,6 +255,8 @@ pub fn start_pipeline(
                 .map_err(|e| cfg_err(format!("camera {}: {e}", c.cfg.id)))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // The ONNX parse and graph optimisation are done: their garbage leaves the process.
+    crate::mem::release_free_heap();
     let workers = spawn_workers(&pipeline, backbones);
     Ok(Running {
         pipeline,

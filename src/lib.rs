@@ -18,6 +18,7 @@ pub mod features;
 pub mod fit;
 pub mod frame;
 pub mod logging;
+pub mod mem;
 pub mod messages;
 pub mod metrics;
 pub mod model;

@@ -475,8 +475,9 @@ fn bad_configuration_exits_with_the_config_code() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // A missing model is a configuration error too.
-    std::fs::write(&path, format!("node = \"n\"\nstate_dir = \"{}\"\n[[camera]]\nid = \"c\"\n[camera.source]\ntype = \"synthetic\"\n", dir.path().display())).expect("write");
+    // A configured model that is missing is a configuration error too (a missing model at
+    // the default path is not: the camera waits for its first calibration).
+    std::fs::write(&path, format!("node = \"n\"\nstate_dir = \"{0}\"\n[[camera]]\nid = \"c\"\nmodel = \"{0}/c.safetensors\"\n[camera.source]\ntype = \"synthetic\"\n", dir.path().display())).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["check-config", path.to_str().expect("p")])
         .output()
