@@ -18,6 +18,7 @@ use crate::messages::{timestamp, Event, Health, KnobState, State, SCHEMA_HEALTH,
 use crate::pipeline::{lock, spawn_workers, CameraRuntime, LoadedModel, Pipeline, Sink, Worker};
 use crate::publish::{Command, Publisher};
 use crate::source::{Capture, CaptureHandle, CaptureOptions, FrameSlot};
+use crate::sparkplug::SparkplugNode;
 
 /// Exit status for configuration errors (sysexits EX_CONFIG); the unit file lists it in
 /// `RestartPreventExitStatus=` so systemd does not restart into the same mistake.
@@ -144,6 +145,35 @@ impl Sink for MqttSink {
         if let Err(e) = self.0.publish_health(camera, health) {
             tracing::debug!(camera, error = %e, "health not published");
         }
+    }
+}
+
+/// [`Sink`] that hands everything to each of several sinks (`[mqtt] profile = "both"`).
+pub struct FanoutSink(pub Vec<Arc<dyn Sink>>);
+
+impl Sink for FanoutSink {
+    fn event(&self, camera: &str, event: &Event) {
+        self.0.iter().for_each(|s| s.event(camera, event));
+    }
+    fn state(&self, camera: &str, state: &State) {
+        self.0.iter().for_each(|s| s.state(camera, state));
+    }
+    fn snapshot(&self, camera: &str, jpeg: Vec<u8>) {
+        if let Some((last, rest)) = self.0.split_last() {
+            rest.iter().for_each(|s| s.snapshot(camera, jpeg.clone()));
+            last.snapshot(camera, jpeg);
+        }
+    }
+    fn health(&self, camera: &str, health: &Health) {
+        self.0.iter().for_each(|s| s.health(camera, health));
+    }
+}
+
+/// The next command of an optional channel (never ready when there is none).
+async fn next_command(rx: &mut Option<tokio::sync::mpsc::Receiver<Command>>) -> Option<Command> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -333,7 +363,7 @@ pub(crate) fn knob(
 fn handle_command(
     cmd: Command,
     running: &Running,
-    publisher: &Publisher,
+    publisher: Option<&Publisher>,
     calibrator: &Arc<Calibrator>,
 ) {
     let p = &running.pipeline;
@@ -346,10 +376,12 @@ fn handle_command(
                     c.end_open_event(p.sink.as_ref());
                 }
                 tracing::info!(camera = %camera, enabled, "enabled set remotely");
-                let _ = publisher.publish_knob_state(
-                    &camera,
-                    &knob(&p.node, &camera, "enabled", enabled.into(), None),
-                );
+                if let Some(publisher) = publisher {
+                    let _ = publisher.publish_knob_state(
+                        &camera,
+                        &knob(&p.node, &camera, "enabled", enabled.into(), None),
+                    );
+                }
             }
         }
         Command::SetThreshold {
@@ -359,10 +391,12 @@ fn handle_command(
             if let Some(c) = find(&camera) {
                 *lock(&c.threshold_override) = Some(log_density);
                 tracing::info!(camera = %camera, log_density, "threshold set remotely");
-                let _ = publisher.publish_knob_state(
-                    &camera,
-                    &knob(&p.node, &camera, "threshold", log_density.into(), None),
-                );
+                if let Some(publisher) = publisher {
+                    let _ = publisher.publish_knob_state(
+                        &camera,
+                        &knob(&p.node, &camera, "threshold", log_density.into(), None),
+                    );
+                }
             }
         }
         Command::Calibrate { camera, payload } => {
@@ -619,11 +653,36 @@ pub async fn serve(
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         DaemonError::Runtime(format!("state_dir {}: {e}", config.state_dir.display()))
     })?;
-    let (publisher, mut commands) =
-        Publisher::start(&config.mqtt, &config.node, ids, &config.state_dir)
+    let profile = config.mqtt.profile;
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let (publisher, mut commands) = if profile.plain() {
+        let (p, rx) = Publisher::start(&config.mqtt, &config.node, ids.clone(), &config.state_dir)
             .map_err(|e| cfg_err(format!("mqtt: {e}")))?;
-    let publisher = Arc::new(publisher);
-    let sink: Arc<dyn Sink> = Arc::new(MqttSink(publisher.clone()));
+        let p = Arc::new(p);
+        sinks.push(Arc::new(MqttSink(p.clone())));
+        (Some(p), Some(rx))
+    } else {
+        (None, None)
+    };
+    let (sparkplug, mut sp_commands) = if profile.sparkplug() {
+        let (n, rx) = SparkplugNode::start(
+            &config.mqtt,
+            &config.mqtt.sparkplug,
+            &config.node,
+            ids,
+            &config.state_dir,
+        )
+        .map_err(|e| cfg_err(format!("mqtt.sparkplug: {e}")))?;
+        let n = Arc::new(n);
+        sinks.push(n.clone());
+        (Some(n), Some(rx))
+    } else {
+        (None, None)
+    };
+    let sink: Arc<dyn Sink> = match sinks.len() {
+        1 => sinks.remove(0),
+        _ => Arc::new(FanoutSink(sinks)),
+    };
     let prefix = config.mqtt.prefix.clone();
     let node = config.node.clone();
     let topic = move |cam: &str| format!("{prefix}/{node}/{cam}/snapshot");
@@ -638,8 +697,8 @@ pub async fn serve(
         config.state_dir.clone(),
         config.calibration.clone(),
         spare,
-        Some(publisher.clone()),
-        sink,
+        publisher.clone(),
+        sink.clone(),
         &cam_ids,
     ));
     calibrator.publish_all();
@@ -687,11 +746,12 @@ pub async fn serve(
                     notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
-            Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher, &calibrator),
+            Some(cmd) = next_command(&mut commands) => handle_command(cmd, &running, publisher.as_deref(), &calibrator),
+            Some(cmd) = next_command(&mut sp_commands) => handle_command(cmd, &running, publisher.as_deref(), &calibrator),
             Some(inc) = ctl_rx.recv() => handle_control(inc, &running, &calibrator, &config),
             _ = health_tick.tick() => {
                 for h in running.health(interval, &mut last_scored) {
-                    let _ = publisher.publish_health(&h.camera, &h);
+                    sink.health(&h.camera, &h);
                 }
                 let status = running.pipeline.cameras.iter().map(|c| {
                     let last = *lock(&c.last_score);
@@ -725,9 +785,18 @@ pub async fn serve(
     .map_err(|e| DaemonError::Runtime(e.to_string()))?;
     drop(pipeline);
     drop(calibrator);
-    match Arc::try_unwrap(publisher) {
-        Ok(p) => p.shutdown().await,
-        Err(_) => tracing::warn!("publisher still shared at shutdown; outbox kept on disk"),
+    drop(sink);
+    if let Some(publisher) = publisher {
+        match Arc::try_unwrap(publisher) {
+            Ok(p) => p.shutdown().await,
+            Err(_) => tracing::warn!("publisher still shared at shutdown; outbox kept on disk"),
+        }
+    }
+    if let Some(node) = sparkplug {
+        match Arc::try_unwrap(node) {
+            Ok(n) => n.shutdown().await,
+            Err(_) => tracing::warn!("sparkplug node still shared at shutdown; no explicit NDEATH (the broker sends the Will)"),
+        }
     }
     Ok(())
 }

@@ -8,6 +8,8 @@ use rumqttc::tokio_rustls::rustls;
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
+use crate::sparkplug::{Profile, SparkplugConfig};
+
 /// Why an [`MqttConfig`] (or the secrets and certificates it points to) cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -98,6 +100,13 @@ pub struct MqttConfig {
     /// Largest MQTT packet sent or accepted, bytes (snapshots are raw JPEGs: size it for
     /// them). Larger publishes are refused with an error. Default `4194304` (4 MiB).
     pub max_packet_bytes: usize,
+    /// Topic families: `"plain"` (vigil's JSON topics under `prefix`), `"sparkplug"`
+    /// (Sparkplug B 3.0 under `spBv1.0/`, no plain topics and no images) or `"both"` (the
+    /// plain topics, and Sparkplug on its own connection). Default `"plain"`.
+    pub profile: Profile,
+    /// `[mqtt.sparkplug]`: the Sparkplug B edge node (group and edge node ids, client id,
+    /// report-by-exception deadbands). Used when `profile` is `sparkplug` or `both`.
+    pub sparkplug: SparkplugConfig,
     /// Not a setting: a literal `password` key is refused when the file is parsed (the
     /// password must come from `password_file` or `password_env`).
     #[serde(
@@ -129,6 +138,8 @@ impl Default for MqttConfig {
             inflight: 100,
             request_channel: 256,
             max_packet_bytes: 4 * 1024 * 1024,
+            profile: Profile::Plain,
+            sparkplug: SparkplugConfig::default(),
             literal_password: (),
         }
     }
@@ -343,6 +354,7 @@ impl MqttConfig {
                 reason: "must be within 1 KiB..=256 MiB".into(),
             });
         }
+        self.sparkplug.validate(node)?;
         Ok(())
     }
 
