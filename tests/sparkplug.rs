@@ -365,7 +365,27 @@ fn wait_for(
     }
     let got: Vec<String> = snapshot(msgs)
         .iter()
-        .map(|(t, p)| format!("{t} {} bytes", p.len()))
+        .map(|(t, p)| {
+            if t.starts_with("spBv1.0/") {
+                let d = decode(p);
+                let ms: Vec<String> = d
+                    .metrics
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{}={:?}",
+                            m.name
+                                .clone()
+                                .unwrap_or_else(|| format!("#{}", m.alias.unwrap_or(0))),
+                            m.value
+                        )
+                    })
+                    .collect();
+                format!("{t} seq={:?} {}", d.seq, ms.join(" "))
+            } else {
+                format!("{t} {} bytes", p.len())
+            }
+        })
         .collect();
     panic!("timed out waiting for {what}; got:\n{}", got.join("\n"));
 }
@@ -443,7 +463,11 @@ fn check_dbirth(p: &P) -> Vec<(String, u64)> {
                 (Some(V::Str(_)), STRING) => true,
                 _ => false,
             };
-            assert!(ok, "{name}: value {:?} does not match datatype {dt}", m.value);
+            assert!(
+                ok,
+                "{name}: value {:?} does not match datatype {dt}",
+                m.value
+            );
             (name.to_string(), m.alias.expect("alias"))
         })
         .collect()
@@ -563,14 +587,17 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
         let sp = sp_of(m, GROUP, EDGE);
         count(&sp, "NBIRTH", None) >= 1 && count(&sp, "DBIRTH", Some("cam1")) >= 1
     };
-    let m = tokio::task::block_in_place(|| wait_for(&msgs, "births", Duration::from_secs(10), births));
+    let m =
+        tokio::task::block_in_place(|| wait_for(&msgs, "births", Duration::from_secs(10), births));
     let sp = sp_of(&m, GROUP, EDGE);
     assert_eq!(sp[0].verb, "NBIRTH", "NBIRTH first: {sp:?}");
     assert_eq!(check_nbirth(&sp[0].p), 0, "bdSeq starts at 0");
     let mut all_aliases = vec![alias_of(
         &[(
             "r".to_string(),
-            metric(&sp[0].p, "Node Control/Rebirth").alias.expect("alias"),
+            metric(&sp[0].p, "Node Control/Rebirth")
+                .alias
+                .expect("alias"),
         )],
         "r",
     )];
@@ -644,7 +671,11 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
         [V::Float(5.0)]
     );
     assert!(
-        !m.iter().any(|(_, p)| p.len() > 1024 || decode(p).metrics.iter().any(|m| matches!(m.value, Some(V::Bytes(_))))),
+        !m.iter().any(|(_, p)| p.len() > 1024
+            || decode(p)
+                .metrics
+                .iter()
+                .any(|m| matches!(m.value, Some(V::Bytes(_))))),
         "no images inside Sparkplug"
     );
 
@@ -699,10 +730,19 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
     // DCMD writes cam1's threshold by alias: a command for the daemon, and a DDATA with it.
     // A read-only metric is refused.
     let a1 = &aliases[1];
-    let write = encode_command(None, Some(alias_of(a1, "Anomaly/Threshold")), FLOAT, V::Float(-4.5));
+    let write = encode_command(
+        None,
+        Some(alias_of(a1, "Anomaly/Threshold")),
+        FLOAT,
+        V::Float(-4.5),
+    );
     let read_only = encode_command(Some("Anomaly/Score"), None, FLOAT, V::Float(0.0));
     tokio::task::block_in_place(|| {
-        publish(port, &format!("spBv1.0/{GROUP}/DCMD/{EDGE}/cam1"), read_only);
+        publish(
+            port,
+            &format!("spBv1.0/{GROUP}/DCMD/{EDGE}/cam1"),
+            read_only,
+        );
         publish(port, &format!("spBv1.0/{GROUP}/DCMD/{EDGE}/cam1"), write);
     });
     let cmd = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -718,11 +758,17 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
     );
     let m = tokio::task::block_in_place(|| {
         wait_for(&msgs, "threshold DDATA", Duration::from_secs(10), |m| {
-            ddata_values(&sp_of(m, GROUP, EDGE), "cam1", alias_of(a1, "Anomaly/Threshold"))
-                == [V::Float(-4.5)]
+            ddata_values(
+                &sp_of(m, GROUP, EDGE),
+                "cam1",
+                alias_of(a1, "Anomaly/Threshold"),
+            ) == [V::Float(-4.5)]
         })
     });
-    assert!(rx.try_recv().is_err(), "the read-only write is not forwarded");
+    assert!(
+        rx.try_recv().is_err(),
+        "the read-only write is not forwarded"
+    );
     let st = node.status();
     assert_eq!(st.commands_refused, 1);
     assert_eq!(st.rebirth_requests, 1);
@@ -746,23 +792,34 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
     // The next start (same state dir) connects with bdSeq 1; a broker restart is a new
     // connection (bdSeq 2, new births); dropped without shutdown, the broker publishes
     // the Will: NDEATH with bdSeq 2.
-    let (node, _rx) = SparkplugNode::start(&mqtt_cfg(port), &sp_cfg(), "n", cams, dir.path())
-        .expect("restart");
+    let (node, _rx) =
+        SparkplugNode::start(&mqtt_cfg(port), &sp_cfg(), "n", cams, dir.path()).expect("restart");
     let m = tokio::task::block_in_place(|| {
-        wait_for(&msgs, "NBIRTH after restart", Duration::from_secs(10), |m| {
-            count(&sp_of(m, GROUP, EDGE), "NBIRTH", None) == 3
-        })
+        wait_for(
+            &msgs,
+            "NBIRTH after restart",
+            Duration::from_secs(10),
+            |m| count(&sp_of(m, GROUP, EDGE), "NBIRTH", None) == 3,
+        )
     });
     let sp = sp_of(&m, GROUP, EDGE);
     let nb = sp.iter().rposition(|s| s.verb == "NBIRTH").expect("nbirth");
-    assert_eq!(check_nbirth(&sp[nb].p), 1, "bdSeq persisted and incremented");
+    assert_eq!(
+        check_nbirth(&sp[nb].p),
+        1,
+        "bdSeq persisted and incremented"
+    );
     drop(broker);
     let broker = Broker::start_on(port);
     // The node reconnects (a new connection: bdSeq 2). Its births may beat a subscriber
     // back, so a fresh subscriber asks for a rebirth to see them.
     let t0 = Instant::now();
     while !(node.status().connects >= 2 && node.status().born) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no reconnect: {:?}", node.status());
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no reconnect: {:?}",
+            node.status()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(node.status().bd_seq, 2);
@@ -772,9 +829,12 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
         publish(port, &format!("spBv1.0/{GROUP}/NCMD/{EDGE}"), rebirth_cmd)
     });
     let m = tokio::task::block_in_place(|| {
-        wait_for(&msgs, "NBIRTH after a broker restart", Duration::from_secs(10), |m| {
-            count(&sp_of(m, GROUP, EDGE), "DBIRTH", Some("cam1")) == 1
-        })
+        wait_for(
+            &msgs,
+            "NBIRTH after a broker restart",
+            Duration::from_secs(10),
+            |m| count(&sp_of(m, GROUP, EDGE), "DBIRTH", Some("cam1")) == 1,
+        )
     });
     let sp = sp_of(&m, GROUP, EDGE);
     let nb = sp.iter().find(|s| s.verb == "NBIRTH").expect("NBIRTH");
@@ -789,8 +849,457 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
     let nd = sp.last().expect("last");
     assert_eq!(nd.verb, "NDEATH");
     assert_eq!(nd.p.seq, None);
-    assert_eq!(metric(&nd.p, "bdSeq").value, Some(V::Long(2)), "the Will carries the bdSeq of its connection");
+    assert_eq!(
+        metric(&nd.p, "bdSeq").value,
+        Some(V::Long(2)),
+        "the Will carries the bdSeq of its connection"
+    );
     let first = sp.iter().position(|s| s.verb == "NBIRTH").expect("NBIRTH");
     check_seq(&sp[first..]);
     drop(broker);
+}
+
+// ---------------------------------------------------------------------------------------
+// `vigil run` as a process (the minimum of tests/daemon.rs's set-up).
+
+use vigil::backbone::{Backbone, TractBackbone};
+use vigil::features::{extract_paths, list_images};
+use vigil::fit::{fit_with_threshold, make_artifact, ThresholdConfig};
+use vigil::model::FitConfig;
+use vigil::preprocess::PreprocessConfig;
+
+fn link(files: &[PathBuf], dir: &Path, prefix: &str) {
+    for (i, f) in files.iter().enumerate() {
+        std::os::unix::fs::symlink(f, dir.join(format!("{prefix}{i:04}.jpg"))).expect("link");
+    }
+}
+
+/// A model fitted on 80 magnetic-tile normals (threshold at the 0.9 quantile), and a
+/// folder of normals, strong defects (fray), normals.
+fn setup(root: &Path) -> PathBuf {
+    let mt = common::shared_dir().join("data/magnetic_tile");
+    let backbone = common::repo_path("models/efficientnet_lite0_pooled.onnx");
+    let mut bb = TractBackbone::load(&backbone, 1, None).expect("backbone");
+    let train = list_images(&mt.join("train/good")).expect("train");
+    let train = &train[..80];
+    let pre = PreprocessConfig::imagenet(224, 224);
+    let feats = extract_paths(&mut bb, pre, train, "fit").expect("features");
+    let cfg = FitConfig::default();
+    let (m, th, qs) = fit_with_threshold(
+        &feats,
+        train.len(),
+        1280,
+        &cfg,
+        &ThresholdConfig {
+            holdout: 0.2,
+            quantile: 0.9,
+        },
+    )
+    .expect("fit");
+    let art = make_artifact(m, th, qs, bb.info(), pre, &cfg, train.len());
+    let model = root.join("state/models/cam1.safetensors");
+    std::fs::create_dir_all(model.parent().expect("p")).expect("mkdir");
+    art.save(&model).expect("save");
+    let frames = root.join("frames");
+    std::fs::create_dir_all(&frames).expect("mkdir");
+    let good = list_images(&mt.join("test/good")).expect("good");
+    let fray = list_images(&mt.join("test/fray")).expect("fray");
+    link(&good[..8], &frames, "a_");
+    link(&fray[..16], &frames, "b_");
+    link(&good[8..20], &frames, "c_");
+    frames
+}
+
+/// `mqtt` holds the extra `[mqtt]` lines (profile, sub-table last).
+fn write_config(root: &Path, port: u16, frames: &Path, mqtt: &str, looping: bool) -> PathBuf {
+    let text = format!(
+        r#"
+node = "testnode"
+state_dir = "{state}"
+runtime_dir = "{run}"
+[inference]
+backbone = "{bb}"
+[health]
+interval_s = 1
+[[camera]]
+id = "cam1"
+[camera.source]
+type = "folder"
+path = "{frames}"
+fps = 10
+loop = {looping}
+[camera.detector]
+start_frames = 2
+end_frames = 3
+min_event_gap_s = 0
+update_interval_s = 0.5
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+keep_alive_s = 5
+state_interval_s = 1
+{mqtt}
+"#,
+        state = root.join("state").display(),
+        run = root.join("run").display(),
+        bb = common::repo_path("models/efficientnet_lite0_pooled.onnx").display(),
+        frames = frames.display(),
+    );
+    let path = root.join("vigil.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// The `vigil` binary: `$VIGIL_BIN` when set (a target dir shared between worktrees
+/// uplifts whichever `vigil` was built last), else Cargo's.
+fn vigil_bin() -> PathBuf {
+    std::env::var_os("VIGIL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vigil")))
+}
+
+fn spawn_daemon(config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .expect("log file");
+    Command::new(vigil_bin())
+        .args(["run", "--config", config.to_str().expect("utf8")])
+        .env("VIGIL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn vigil")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+const SPARKPLUG: &str = "profile = \"sparkplug\"\n[mqtt.sparkplug]\ngroup_id = \"plant\"\n";
+const NODE: &str = "testnode";
+
+/// The DBIRTH aliases of cam1 in `sp` (the last DBIRTH).
+fn cam1_aliases(sp: &[Sp]) -> Vec<(String, u64)> {
+    let db = sp
+        .iter()
+        .rev()
+        .find(|s| s.verb == "DBIRTH" && s.device.as_deref() == Some("cam1"))
+        .expect("DBIRTH cam1");
+    check_dbirth(&db.p)
+}
+
+#[test]
+fn daemon_sparkplug_births_reports_dies_with_its_source_ndeath_on_kill_and_obeys_rebirth_and_dcmd()
+{
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let frames = setup(dir.path());
+    let config = write_config(dir.path(), broker.port, &frames, SPARKPLUG, false);
+    let check = Command::new(vigil_bin())
+        .args(["check-config", config.to_str().expect("p")])
+        .output()
+        .expect("check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let msgs = subscribe(broker.port, "#");
+
+    // Run 1 (the folder plays once): births, data by exception, DDEATH when it ends.
+    let mut daemon = spawn_daemon(&config);
+    let m = wait_for(
+        &msgs,
+        "DDEATH of cam1 when its source ended",
+        Duration::from_secs(120),
+        |m| count(&sp_of(m, GROUP, NODE), "DDEATH", Some("cam1")) == 1,
+    );
+    assert!(
+        m.iter().all(|(t, _)| t.starts_with("spBv1.0/")),
+        "profile sparkplug publishes no plain topic: {:?}",
+        m.iter().map(|(t, _)| t).collect::<Vec<_>>()
+    );
+    let sp = sp_of(&m, GROUP, NODE);
+    assert_eq!(sp[0].verb, "NBIRTH");
+    let bd0 = check_nbirth(&sp[0].p);
+    let aliases = cam1_aliases(&sp);
+    for s in sp.iter().filter(|s| s.verb == "DDATA") {
+        for mm in &s.p.metrics {
+            assert_eq!(mm.name, None, "DDATA by alias only");
+            assert!(aliases.iter().any(|(_, a)| Some(*a) == mm.alias), "{mm:?}");
+        }
+    }
+    let active = ddata_values(&sp, "cam1", alias_of(&aliases, "Anomaly/Active"));
+    assert!(
+        active.contains(&V::Bool(true)),
+        "fray frames are anomalous: {active:?}"
+    );
+    assert!(!ddata_values(&sp, "cam1", alias_of(&aliases, "Anomaly/Score")).is_empty());
+    let events = ddata_values(&sp, "cam1", alias_of(&aliases, "Anomaly/EventCount"));
+    assert!(
+        events.iter().any(|v| matches!(v, V::Long(n) if *n >= 1)),
+        "{events:?}"
+    );
+    let model_id = sp
+        .iter()
+        .filter(|s| s.device.as_deref() == Some("cam1"))
+        .flat_map(|s| s.p.metrics.iter())
+        .filter(|mm| mm.alias == Some(alias_of(&aliases, "Model/Id")))
+        .find_map(|mm| match &mm.value {
+            Some(V::Str(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        });
+    assert!(model_id.is_some(), "Model/Id reported");
+    check_seq(&sp);
+
+    // SIGKILL: the broker publishes the Will, NDEATH with the NBIRTH's bdSeq.
+    daemon.kill().expect("SIGKILL");
+    let _ = daemon.wait();
+    let m = wait_for(&msgs, "NDEATH Will", Duration::from_secs(20), |m| {
+        count(&sp_of(m, GROUP, NODE), "NDEATH", None) == 1
+    });
+    let sp = sp_of(&m, GROUP, NODE);
+    let nd = sp.last().expect("last");
+    assert_eq!(nd.verb, "NDEATH");
+    assert_eq!(nd.p.seq, None);
+    assert_eq!(metric(&nd.p, "bdSeq").value, Some(V::Long(bd0)));
+    let run1 = sp.len();
+
+    // Run 2 (looping): bdSeq persisted and incremented, rebirth on NCMD, threshold by DCMD.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .expect("read")
+            .replace("loop = false", "loop = true"),
+    )
+    .expect("write");
+    let mut daemon = spawn_daemon(&config);
+    let m = wait_for(
+        &msgs,
+        "births and data of run 2",
+        Duration::from_secs(60),
+        |m| {
+            let sp = sp_of(m, GROUP, NODE);
+            sp.len() > run1 && count(&sp[run1..], "DDATA", Some("cam1")) >= 1
+        },
+    );
+    let sp = sp_of(&m, GROUP, NODE);
+    assert_eq!(sp[run1].verb, "NBIRTH");
+    assert_eq!(
+        check_nbirth(&sp[run1].p),
+        (bd0 + 1) % 256,
+        "bdSeq persisted across restarts"
+    );
+
+    publish(
+        broker.port,
+        &format!("spBv1.0/{GROUP}/NCMD/{NODE}"),
+        encode_command(Some("Node Control/Rebirth"), None, BOOLEAN, V::Bool(true)),
+    );
+    let m = wait_for(&msgs, "rebirth", Duration::from_secs(20), |m| {
+        let sp = sp_of(m, GROUP, NODE);
+        count(&sp[run1..], "NBIRTH", None) == 2 && count(&sp[run1..], "DBIRTH", Some("cam1")) == 2
+    });
+    let sp = sp_of(&m, GROUP, NODE);
+    let nb = sp.iter().rposition(|s| s.verb == "NBIRTH").expect("nbirth");
+    assert_eq!(
+        check_nbirth(&sp[nb].p),
+        (bd0 + 1) % 256,
+        "same connection, same bdSeq"
+    );
+
+    // Every frame is anomalous below a log-density threshold of 1e30: once applied, the
+    // camera stays active through the normal frames of the loop (3.6 s per pass).
+    let rebirth_at = sp.len();
+    publish(
+        broker.port,
+        &format!("spBv1.0/{GROUP}/DCMD/{NODE}/cam1"),
+        encode_command(Some("Anomaly/Threshold"), None, FLOAT, V::Float(1e30)),
+    );
+    let threshold = alias_of(&aliases, "Anomaly/Threshold");
+    let active = alias_of(&aliases, "Anomaly/Active");
+    wait_for(
+        &msgs,
+        "the new threshold in DDATA",
+        Duration::from_secs(20),
+        |m| {
+            let sp = sp_of(m, GROUP, NODE);
+            ddata_values(&sp[rebirth_at..], "cam1", threshold).contains(&V::Float(1e30))
+        },
+    );
+    // Active as last born or reported (a rebirth re-states it without a DDATA).
+    let last_active = |sp: &[Sp]| {
+        sp.iter()
+            .filter(|s| {
+                s.device.as_deref() == Some("cam1") && (s.verb == "DDATA" || s.verb == "DBIRTH")
+            })
+            .flat_map(|s| s.p.metrics.iter())
+            .filter(|m| m.alias == Some(active))
+            .filter_map(|m| m.value.clone())
+            .next_back()
+    };
+    let m = wait_for(
+        &msgs,
+        "active under the new threshold",
+        Duration::from_secs(20),
+        |m| last_active(&sp_of(m, GROUP, NODE)) == Some(V::Bool(true)),
+    );
+    let applied_at = sp_of(&m, GROUP, NODE).len();
+    std::thread::sleep(Duration::from_secs(6));
+    let sp = sp_of(&snapshot(&msgs), GROUP, NODE);
+    assert!(
+        !ddata_values(&sp[applied_at..], "cam1", active).contains(&V::Bool(false)),
+        "the daemon applied the threshold: no normal verdict afterwards"
+    );
+    assert!(
+        ddata_values(
+            &sp[applied_at..],
+            "cam1",
+            alias_of(&aliases, "Anomaly/Score")
+        )
+        .len()
+            >= 2,
+        "frames kept being scored"
+    );
+    let log = std::fs::read_to_string(config.with_extension("log")).expect("log");
+    assert!(
+        log.contains("threshold set remotely"),
+        "the daemon applied the DCMD"
+    );
+
+    // SIGTERM: an explicit NDEATH with this connection's bdSeq, clean exit.
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+    let m = wait_for(&msgs, "NDEATH on SIGTERM", Duration::from_secs(10), |m| {
+        count(&sp_of(m, GROUP, NODE), "NDEATH", None) == 2
+    });
+    let sp = sp_of(&m, GROUP, NODE);
+    let nd = sp.last().expect("last");
+    assert_eq!(nd.verb, "NDEATH");
+    assert_eq!(metric(&nd.p, "bdSeq").value, Some(V::Long((bd0 + 1) % 256)));
+    check_seq(&sp);
+    assert!(
+        m.iter().all(|(t, _)| t.starts_with("spBv1.0/")),
+        "no plain topic in run 2 either"
+    );
+}
+
+#[test]
+fn profile_both_keeps_images_on_the_plain_topics_and_profile_plain_publishes_nothing_under_spbv1_0()
+{
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start();
+    let frames = setup(dir.path());
+    let both = "profile = \"both\"\n[mqtt.sparkplug]\ngroup_id = \"plant\"\n";
+    let config = write_config(dir.path(), broker.port, &frames, both, false);
+    let msgs = subscribe(broker.port, "#");
+    let mut daemon = spawn_daemon(&config);
+    let m = wait_for(
+        &msgs,
+        "plain event + snapshot and Sparkplug data",
+        Duration::from_secs(120),
+        |m| {
+            let sp = sp_of(m, GROUP, NODE);
+            let plain_event = m.iter().any(|(t, _)| t == "vigil/testnode/cam1/event");
+            let snapshot = m
+                .iter()
+                .any(|(t, p)| t == "vigil/testnode/cam1/snapshot" && p.starts_with(&[0xFF, 0xD8]));
+            let count_ok = sp.iter().any(|s| {
+                s.verb == "DDATA" && s.p.metrics.iter().any(|mm| mm.value == Some(V::Long(1)))
+            });
+            plain_event && snapshot && count_ok
+        },
+    );
+    let sp = sp_of(&m, GROUP, NODE);
+    assert_eq!(sp[0].verb, "NBIRTH");
+    cam1_aliases(&sp);
+    for (t, p) in m.iter().filter(|(t, _)| t.starts_with("spBv1.0/")) {
+        assert!(
+            p.len() < 1024,
+            "{t}: {} bytes: no images inside Sparkplug",
+            p.len()
+        );
+        assert!(
+            !decode(p)
+                .metrics
+                .iter()
+                .any(|mm| matches!(mm.value, Some(V::Bytes(_)))),
+            "{t}: bytes metric"
+        );
+    }
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+    wait_for(&msgs, "NDEATH", Duration::from_secs(10), |m| {
+        count(&sp_of(m, GROUP, NODE), "NDEATH", None) == 1
+    });
+    check_seq(&sp_of(&snapshot(&msgs), GROUP, NODE));
+
+    // The default profile (plain): nothing under spBv1.0.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .expect("read")
+            .replace("profile = \"both\"\n", ""),
+    )
+    .expect("write");
+    let msgs = subscribe(broker.port, "#");
+    let mut daemon = spawn_daemon(&config);
+    wait_for(
+        &msgs,
+        "plain online status and a state",
+        Duration::from_secs(60),
+        |m| {
+            m.iter().any(|(t, p)| {
+                t == "vigil/testnode/status" && String::from_utf8_lossy(p).contains("\"online\"")
+            }) && m
+                .iter()
+                .filter(|(t, _)| t == "vigil/testnode/cam1/state")
+                .count()
+                >= 3
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&daemon, "TERM");
+    assert!(daemon.wait().expect("wait").success());
+    let m = snapshot(&msgs);
+    let sp: Vec<&String> = m
+        .iter()
+        .map(|(t, _)| t)
+        .filter(|t| t.starts_with("spBv1.0/"))
+        .collect();
+    assert!(sp.is_empty(), "profile plain published {sp:?}");
+}
+
+#[test]
+fn check_config_refuses_a_bad_sparkplug_table() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("bad.toml");
+    for (table, needle) in [
+        (
+            "profile = \"sparkplug\"\n[mqtt.sparkplug]\ngroup_id = \"a/b\"\n",
+            "group_id",
+        ),
+        ("[mqtt.sparkplug]\nedge_node_id = \"x#\"\n", "edge_node_id"),
+        ("[mqtt.sparkplug]\nscore_deadband = -1\n", "score_deadband"),
+        ("[mqtt.sparkplug]\ngroupid = \"g\"\n", "groupid"),
+        ("profile = \"tahu\"\n", "tahu"),
+    ] {
+        std::fs::write(
+            &path,
+            format!("node = \"n\"\n[[camera]]\nid = \"c\"\n[camera.source]\ntype = \"synthetic\"\n[mqtt]\n{table}"),
+        )
+        .expect("write");
+        let out = Command::new(vigil_bin())
+            .args(["check-config", path.to_str().expect("p")])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{table}: {err}");
+        assert!(err.contains(needle), "{table}: {err}");
+    }
 }
