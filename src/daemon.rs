@@ -18,6 +18,7 @@ use crate::messages::{timestamp, Event, Health, KnobState, State, SCHEMA_HEALTH,
 use crate::pipeline::{lock, spawn_workers, CameraRuntime, LoadedModel, Pipeline, Sink, Worker};
 use crate::publish::{Command, Publisher};
 use crate::source::{Capture, CaptureHandle, CaptureOptions, FrameSlot};
+use crate::sparkplug::SparkplugNode;
 
 /// Exit status for configuration errors (sysexits EX_CONFIG); the unit file lists it in
 /// `RestartPreventExitStatus=` so systemd does not restart into the same mistake.
@@ -173,6 +174,35 @@ impl Sink for MqttSink {
     }
 }
 
+/// [`Sink`] that hands everything to each of several sinks (`[mqtt] profile = "both"`).
+pub struct FanoutSink(pub Vec<Arc<dyn Sink>>);
+
+impl Sink for FanoutSink {
+    fn event(&self, camera: &str, event: &Event) {
+        self.0.iter().for_each(|s| s.event(camera, event));
+    }
+    fn state(&self, camera: &str, state: &State) {
+        self.0.iter().for_each(|s| s.state(camera, state));
+    }
+    fn snapshot(&self, camera: &str, jpeg: Vec<u8>) {
+        if let Some((last, rest)) = self.0.split_last() {
+            rest.iter().for_each(|s| s.snapshot(camera, jpeg.clone()));
+            last.snapshot(camera, jpeg);
+        }
+    }
+    fn health(&self, camera: &str, health: &Health) {
+        self.0.iter().for_each(|s| s.health(camera, health));
+    }
+}
+
+/// The next command of an optional channel (never ready when there is none).
+async fn next_command(rx: &mut Option<tokio::sync::mpsc::Receiver<Command>>) -> Option<Command> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A running pipeline: captures feeding slots, workers scoring them.
 pub struct Running {
     pub pipeline: Arc<Pipeline>,
@@ -240,7 +270,6 @@ pub fn start_pipeline(
         sink,
         stop: std::sync::atomic::AtomicBool::new(false),
         epoch: Instant::now(),
-        state_interval: Duration::from_secs_f64(config.mqtt.state_interval_s.max(0.1)),
         timings: record_timings.then(|| std::sync::Mutex::new(Vec::new())),
     });
     let opts = CaptureOptions {
@@ -366,7 +395,7 @@ pub(crate) fn knob(
 fn handle_command(
     cmd: Command,
     running: &Running,
-    publisher: &Publisher,
+    publisher: Option<&Publisher>,
     calibrator: &Arc<Calibrator>,
 ) {
     let p = &running.pipeline;
@@ -379,10 +408,12 @@ fn handle_command(
                     c.end_open_event(p.sink.as_ref());
                 }
                 tracing::info!(camera = %camera, enabled, "enabled set remotely");
-                let _ = publisher.publish_knob_state(
-                    &camera,
-                    &knob(&p.node, &camera, "enabled", enabled.into(), None),
-                );
+                if let Some(publisher) = publisher {
+                    let _ = publisher.publish_knob_state(
+                        &camera,
+                        &knob(&p.node, &camera, "enabled", enabled.into(), None),
+                    );
+                }
             }
         }
         Command::SetThreshold {
@@ -392,10 +423,12 @@ fn handle_command(
             if let Some(c) = find(&camera) {
                 *lock(&c.threshold_override) = Some(log_density);
                 tracing::info!(camera = %camera, log_density, "threshold set remotely");
-                let _ = publisher.publish_knob_state(
-                    &camera,
-                    &knob(&p.node, &camera, "threshold", log_density.into(), None),
-                );
+                if let Some(publisher) = publisher {
+                    let _ = publisher.publish_knob_state(
+                        &camera,
+                        &knob(&p.node, &camera, "threshold", log_density.into(), None),
+                    );
+                }
             }
         }
         Command::Calibrate { camera, payload } => {
@@ -662,11 +695,36 @@ pub async fn serve(
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         DaemonError::Runtime(format!("state_dir {}: {e}", config.state_dir.display()))
     })?;
-    let (publisher, mut commands) =
-        Publisher::start(&config.mqtt, &config.node, ids, &config.state_dir)
+    let profile = config.mqtt.profile;
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let (publisher, mut commands) = if profile.plain() {
+        let (p, rx) = Publisher::start(&config.mqtt, &config.node, ids.clone(), &config.state_dir)
             .map_err(|e| cfg_err(format!("mqtt: {e}")))?;
-    let publisher = Arc::new(publisher);
-    let sink: Arc<dyn Sink> = Arc::new(MqttSink(publisher.clone()));
+        let p = Arc::new(p);
+        sinks.push(Arc::new(MqttSink(p.clone())));
+        (Some(p), Some(rx))
+    } else {
+        (None, None)
+    };
+    let (sparkplug, mut sp_commands) = if profile.sparkplug() {
+        let (n, rx) = SparkplugNode::start(
+            &config.mqtt,
+            &config.mqtt.sparkplug,
+            &config.node,
+            ids,
+            &config.state_dir,
+        )
+        .map_err(|e| cfg_err(format!("mqtt.sparkplug: {e}")))?;
+        let n = Arc::new(n);
+        sinks.push(n.clone());
+        (Some(n), Some(rx))
+    } else {
+        (None, None)
+    };
+    let sink: Arc<dyn Sink> = match sinks.len() {
+        1 => sinks.remove(0),
+        _ => Arc::new(FanoutSink(sinks)),
+    };
     let prefix = config.mqtt.prefix.clone();
     let node = config.node.clone();
     let topic = move |cam: &str| format!("{prefix}/{node}/{cam}/snapshot");
@@ -681,8 +739,8 @@ pub async fn serve(
         config.state_dir.clone(),
         config.calibration.clone(),
         spare,
-        Some(publisher.clone()),
-        sink,
+        publisher.clone(),
+        sink.clone(),
         &cam_ids,
     ));
     calibrator.publish_all();
@@ -693,7 +751,7 @@ pub async fn serve(
         let registry = Arc::new(crate::metrics::registry(
             running.pipeline.clone(),
             running.health_probes(),
-            Some((*publisher).clone()),
+            publisher.as_deref().cloned(),
         ));
         tracing::info!(listen = %config.metrics.listen, "serving Prometheus metrics at /metrics");
         Some(tokio::spawn(crate::metrics::serve(listener, registry)))
@@ -744,11 +802,15 @@ pub async fn serve(
                     notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
-            Some(cmd) = commands.recv() => handle_command(cmd, &running, &publisher, &calibrator),
+            Some(cmd) = next_command(&mut commands) => handle_command(cmd, &running, publisher.as_deref(), &calibrator),
+            Some(cmd) = next_command(&mut sp_commands) => handle_command(cmd, &running, publisher.as_deref(), &calibrator),
             Some(inc) = ctl_rx.recv() => handle_control(inc, &running, &calibrator, &config),
             _ = health_tick.tick() => {
+                // Freed decode/JPEG/JSON buffers of the last interval go back to the OS
+                // (glibc keeps fragments resident otherwise: RSS creeps for hours).
+                crate::mem::release_free_heap();
                 for h in running.health(interval, &mut last_scored) {
-                    let _ = publisher.publish_health(&h.camera, &h);
+                    sink.health(&h.camera, &h);
                 }
                 let status = running.pipeline.cameras.iter().map(|c| {
                     let last = *lock(&c.last_score);
@@ -786,9 +848,18 @@ pub async fn serve(
     .map_err(|e| DaemonError::Runtime(e.to_string()))?;
     drop(pipeline);
     drop(calibrator);
-    match Arc::try_unwrap(publisher) {
-        Ok(p) => p.shutdown().await,
-        Err(_) => tracing::warn!("publisher still shared at shutdown; outbox kept on disk"),
+    drop(sink);
+    if let Some(publisher) = publisher {
+        match Arc::try_unwrap(publisher) {
+            Ok(p) => p.shutdown().await,
+            Err(_) => tracing::warn!("publisher still shared at shutdown; outbox kept on disk"),
+        }
+    }
+    if let Some(node) = sparkplug {
+        match Arc::try_unwrap(node) {
+            Ok(n) => n.shutdown().await,
+            Err(_) => tracing::warn!("sparkplug node still shared at shutdown; no explicit NDEATH (the broker sends the Will)"),
+        }
     }
     Ok(())
 }

@@ -28,4 +28,5 @@ pub mod preprocess;
 pub mod preset;
 pub mod publish;
 pub mod source;
+pub mod sparkplug;
 pub mod store;

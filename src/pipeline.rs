@@ -21,6 +21,8 @@ use crate::source::FrameSlot;
 /// Where the pipeline's output goes (MQTT in the daemon, memory in tests and `bench`).
 pub trait Sink: Send + Sync {
     fn event(&self, camera: &str, event: &Event);
+    /// Called for every scored frame: the sink rate-limits (the MQTT publisher sends on
+    /// change and every `state_interval_s`; Sparkplug reports by exception).
     fn state(&self, camera: &str, state: &State);
     fn snapshot(&self, camera: &str, jpeg: Vec<u8>);
     fn health(&self, camera: &str, health: &Health);
@@ -86,8 +88,6 @@ impl Default for CameraCounters {
 struct DetectorState {
     det: Detector,
     last_seq: Option<u64>,
-    last_anomalous: Option<bool>,
-    last_state_pub: Option<Instant>,
     /// The last state published (re-published with `calibrating` set when a calibration
     /// starts).
     last_state: Option<State>,
@@ -134,8 +134,6 @@ impl CameraRuntime {
             detector: Mutex::new(DetectorState {
                 det,
                 last_seq: None,
-                last_anomalous: None,
-                last_state_pub: None,
                 last_state: None,
             }),
             calibration_tap: Mutex::new(None),
@@ -189,20 +187,15 @@ impl CameraRuntime {
             st.calibrating = true;
             sink.state(&self.cfg.id, &st);
         }
-        // The first frame scored afterwards publishes its state at once.
-        d.last_state_pub = None;
-        d.last_anomalous = None;
     }
 
     /// Give the frames back to scoring (after a swap, the first scored frame carries the
     /// new model id).
     pub fn end_calibration(&self) {
-        let mut d = lock(&self.detector);
+        let _d = lock(&self.detector);
         if let Some(tap) = lock(&self.calibration_tap).take() {
             tap.close();
         }
-        d.last_state_pub = None;
-        d.last_anomalous = None;
     }
 
     /// Close an open event (camera disabled or shutting down).
@@ -237,8 +230,6 @@ pub struct Pipeline {
     pub sink: Arc<dyn Sink>,
     pub stop: AtomicBool,
     pub epoch: Instant,
-    /// Retained state is re-published at most this often unless it changed.
-    pub state_interval: Duration,
     /// Per-frame stage times for `bench` (None in the daemon: no unbounded growth).
     pub timings: Option<Mutex<Vec<StageTimes>>>,
 }
@@ -428,12 +419,9 @@ fn process(
             }
         }
     }
-    let due = d
-        .last_state_pub
-        .is_none_or(|t| t.elapsed() >= p.state_interval);
-    if d.last_anomalous != Some(anomalous) || due {
-        d.last_anomalous = Some(anomalous);
-        d.last_state_pub = Some(Instant::now());
+    // Every scored frame: each sink rate-limits itself (MQTT: on change and every
+    // `state_interval_s`; Sparkplug: report by exception with deadbands).
+    {
         let (ts, ts_ms) = timestamp(frame.captured_at);
         let state = State {
             schema: SCHEMA_STATE.to_string(),

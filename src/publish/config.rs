@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
 use super::homeassistant::HomeAssistantConfig;
+use crate::sparkplug::{Profile, SparkplugConfig};
 
 /// Why an [`MqttConfig`] (or the secrets and certificates it points to) cannot be used.
 #[derive(Debug, Error)]
@@ -102,6 +103,13 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     /// Home Assistant MQTT discovery (`[mqtt.homeassistant]`). Default: off.
     pub homeassistant: HomeAssistantConfig,
+    /// Topic families: `"plain"` (vigil's JSON topics under `prefix`), `"sparkplug"`
+    /// (Sparkplug B 3.0 under `spBv1.0/`, no plain topics and no images) or `"both"` (the
+    /// plain topics, and Sparkplug on its own connection). Default `"plain"`.
+    pub profile: Profile,
+    /// `[mqtt.sparkplug]`: the Sparkplug B edge node (group and edge node ids, client id,
+    /// report-by-exception deadbands). Used when `profile` is `sparkplug` or `both`.
+    pub sparkplug: SparkplugConfig,
     /// Not a setting: a literal `password` key is refused when the file is parsed (the
     /// password must come from `password_file` or `password_env`).
     #[serde(
@@ -134,6 +142,8 @@ impl Default for MqttConfig {
             request_channel: 256,
             max_packet_bytes: 4 * 1024 * 1024,
             homeassistant: HomeAssistantConfig::default(),
+            profile: Profile::Plain,
+            sparkplug: SparkplugConfig::default(),
             literal_password: (),
         }
     }
@@ -266,6 +276,14 @@ impl MqttConfig {
         let broker = parse_broker_url(&self.url)?;
         check_topic_level("node", node)?;
         self.homeassistant.validate()?;
+        if self.homeassistant.enabled && !self.profile.plain() {
+            return Err(ConfigError::Invalid {
+                key: "homeassistant.enabled",
+                reason: "Home Assistant's entities read the plain JSON topics: set \
+                         mqtt.profile = \"plain\" or \"both\""
+                    .into(),
+            });
+        }
         check_prefix(&self.prefix)?;
         if let Some(id) = &self.client_id {
             if id.is_empty() || id.len() > 65_535 {
@@ -349,6 +367,7 @@ impl MqttConfig {
                 reason: "must be within 1 KiB..=256 MiB".into(),
             });
         }
+        self.sparkplug.validate(node)?;
         Ok(())
     }
 

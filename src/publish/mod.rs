@@ -34,6 +34,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+pub(crate) use config::{check_topic_level, Settings};
 pub use config::{parse_broker_url, BrokerUrl, ConfigError, MqttConfig};
 pub use homeassistant::{HomeAssistantConfig, HEALTH_STATES};
 pub use outbox::OutboxError;
