@@ -1073,6 +1073,10 @@ fn daemon_exit(r: Result<(), vigil::daemon::DaemonError>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts; an explicit MALLOC_ARENA_MAX in the environment wins.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        vigil::mem::limit_arenas(2);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {

@@ -14,3 +14,21 @@ pub fn release_free_heap() {
         tracing::debug!(released = released != 0, "malloc_trim");
     }
 }
+
+/// Caps glibc's malloc arenas at `n` (what `MALLOC_ARENA_MAX` does, which the unit also
+/// sets): by default glibc gives each busy thread its own arena, and every inference worker,
+/// capture thread and tokio thread then keeps its own free fragments resident. Call first
+/// thing in `main`, before threads start. A no-op on other C libraries.
+pub fn limit_arenas(n: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets a glibc tunable; M_ARENA_MAX with a positive value is
+        // valid at any time (it bounds arenas created from now on).
+        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, n) };
+        if ok != 1 {
+            tracing::debug!(n, "mallopt(M_ARENA_MAX) refused");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = n;
+}

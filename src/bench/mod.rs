@@ -201,9 +201,15 @@ pub fn bench(
         }
         let t0 = Instant::now();
         let mut rss_max = current_rss_mb();
+        let mut trimmed = Instant::now();
         while t0.elapsed().as_secs_f64() < seconds {
             std::thread::sleep(Duration::from_millis(100));
             rss_max = rss_max.max(current_rss_mb());
+            // As the daemon does on its health tick (every `health.interval_s`, 5 s).
+            if trimmed.elapsed() >= Duration::from_secs(5) {
+                crate::mem::release_free_heap();
+                trimmed = Instant::now();
+            }
         }
         let elapsed = t0.elapsed().as_secs_f64();
         let times: Vec<StageTimes> = running
