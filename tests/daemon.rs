@@ -6,125 +6,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vigil::backbone::{Backbone, TractBackbone};
-use vigil::features::{extract_paths, list_images};
-use vigil::fit::{fit_with_threshold, make_artifact, ThresholdConfig};
-use vigil::model::FitConfig;
-use vigil::preprocess::PreprocessConfig;
-
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        Self::start_on(port)
-    }
-    fn start_on(port: u16) -> Broker {
-        let dir = tempfile::tempdir().expect("tmp");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("conf");
-        let mut child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (apt-get install mosquitto)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Broker {
-                    child,
-                    port,
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("mosquitto did not start on {port}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// Subscribe to `filter` and collect every message (reconnecting after broker restarts).
-fn subscribe(port: u16, filter: &str) -> Messages {
-    let msgs: Messages = Arc::new(Mutex::new(Vec::new()));
-    let out = msgs.clone();
-    let filter = filter.to_string();
-    let id = format!("test-sub-{}", std::process::id() ^ port as u32);
-    std::thread::spawn(move || {
-        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_max_packet_size(16 << 20, 16 << 20);
-        opts.set_keep_alive(Duration::from_secs(5));
-        let (client, mut conn) = rumqttc::Client::new(opts, 64);
-        for ev in conn.iter() {
-            match ev {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    let _ = client.subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    out.lock()
-                        .expect("lock")
-                        .push((p.topic.clone(), p.payload.to_vec()));
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    });
-    msgs
-}
+use common::daemon::*;
+use vigil::features::list_images;
 
 /// magnetic_tile's normal training images, sorted.
 fn train_goods() -> Vec<PathBuf> {
     list_images(&common::shared_dir().join("data/magnetic_tile/train/good")).expect("train")
-}
-
-fn wait_for(
-    msgs: &Messages,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&[(String, Vec<u8>)]) -> bool,
-) {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if pred(&msgs.lock().expect("lock")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let got: Vec<String> = msgs
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|(t, p)| format!("{t} {}", String::from_utf8_lossy(p)))
-        .collect();
-    panic!("timed out waiting for {what}; got:\n{}", got.join("\n"));
 }
 
 /// Wait until every event the daemon logged as queued (`logged_events`) was received.
@@ -140,56 +31,6 @@ fn wait_for_every_logged_event(
             .collect();
         logged.iter().all(|k| got.contains(k))
     });
-}
-
-fn json_of(msgs: &[(String, Vec<u8>)], suffix: &str) -> Vec<serde_json::Value> {
-    msgs.iter()
-        .filter(|(t, _)| t.ends_with(suffix))
-        .filter_map(|(_, p)| serde_json::from_slice(p).ok())
-        .collect()
-}
-
-fn link(files: &[PathBuf], dir: &Path, prefix: &str) {
-    for (i, f) in files.iter().enumerate() {
-        std::os::unix::fs::symlink(f, dir.join(format!("{prefix}{i:04}.jpg"))).expect("link");
-    }
-}
-
-/// A model fitted on 60 magnetic-tile normals, and a folder source dir: normals, then
-/// strong defects (fray, AUROC ≈ 0.96), then normals again.
-fn setup(root: &Path) -> (PathBuf, PathBuf) {
-    let mt = common::shared_dir().join("data/magnetic_tile");
-    let backbone = common::repo_path("models/efficientnet_lite0_pooled.onnx");
-    let mut bb = TractBackbone::load(&backbone, 1, None).expect("backbone");
-    let train = list_images(&mt.join("train/good")).expect("train");
-    let train = &train[..80];
-    let pre = PreprocessConfig::imagenet(224, 224);
-    let feats = extract_paths(&mut bb, pre, train, "fit").expect("features");
-    let cfg = FitConfig::default();
-    let (m, th, qs) = fit_with_threshold(
-        &feats,
-        train.len(),
-        1280,
-        &cfg,
-        &ThresholdConfig {
-            holdout: 0.2,
-            quantile: 0.9,
-        },
-    )
-    .expect("fit");
-    let art = make_artifact(m, th, qs, bb.info(), pre, &cfg, train.len());
-    let model = root.join("state/models/cam1.safetensors");
-    std::fs::create_dir_all(model.parent().expect("p")).expect("mkdir");
-    art.save(&model).expect("save");
-
-    let frames = root.join("frames");
-    std::fs::create_dir_all(&frames).expect("mkdir");
-    let good = list_images(&mt.join("test/good")).expect("good");
-    let fray = list_images(&mt.join("test/fray")).expect("fray");
-    link(&good[..8], &frames, "a_");
-    link(&fray[..16], &frames, "b_");
-    link(&good[8..20], &frames, "c_");
-    (model, frames)
 }
 
 /// Rewrite a written config in place, each `(from, to)` in turn; the new text.
@@ -245,26 +86,6 @@ update_interval_s = 0.5
     path
 }
 
-fn spawn_daemon(config: &Path) -> Child {
-    spawn_daemon_logging(config, &config.with_extension("log"))
-}
-
-/// Start `vigil run`, its log appended to `log` (a file: a pipe nobody reads could fill up).
-fn spawn_daemon_logging(config: &Path, log: &Path) -> Child {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["run", "--config", config.to_str().expect("utf8")])
-        .env("VIGIL_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("spawn vigil")
-}
-
 /// (event id, seq) pairs the daemon logged as queued.
 fn logged_events(log: &Path) -> std::collections::BTreeSet<(String, u64)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -287,14 +108,6 @@ fn logged_events(log: &Path) -> std::collections::BTreeSet<(String, u64)> {
             Some((id, seq))
         })
         .collect()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
 }
 
 #[test]
@@ -729,25 +542,6 @@ fn systemd_notify_sends_ready_status_and_feeds_the_watchdog_only_while_frames_fl
     }
     assert!(stopping, "STOPPING=1 on SIGTERM");
     assert!(daemon.wait().expect("wait").success());
-}
-
-/// Publish one non-retained QoS 1 message and wait for the broker's PUBACK.
-fn publish(port: u16, topic: &str, payload: &str) {
-    let id = format!("test-pub-{}-{}", std::process::id(), port);
-    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = rumqttc::Client::new(opts, 8);
-    client
-        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.as_bytes())
-        .expect("queue publish");
-    for ev in conn.iter() {
-        match ev {
-            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => panic!("publish {topic}: {e}"),
-        }
-    }
-    let _ = client.disconnect();
 }
 
 /// Point every link in `dir` (same names, atomically) at `targets[i % len]`.
@@ -1444,14 +1238,6 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 #[test]

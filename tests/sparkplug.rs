@@ -5,10 +5,10 @@
 
 mod common;
 
+use common::daemon::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vigil::messages::{Event, Health, State, SCHEMA_EVENT, SCHEMA_HEALTH, SCHEMA_STATE};
@@ -200,126 +200,6 @@ const DEVICE_METRICS: [(&str, u64); 8] = [
 // ---------------------------------------------------------------------------------------
 // Broker, subscriber, publisher.
 
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        Self::start_on(port)
-    }
-    fn start_on(port: u16) -> Broker {
-        let dir = tempfile::tempdir().expect("tmp");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("conf");
-        let mut child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (apt-get install mosquitto)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Broker {
-                    child,
-                    port,
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("mosquitto did not start on {port}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-static CLIENTS: AtomicU32 = AtomicU32::new(0);
-
-fn client_id(what: &str) -> String {
-    format!(
-        "test-{what}-{}-{}",
-        std::process::id(),
-        CLIENTS.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Subscribe to `filter` (re-subscribing after broker restarts) and collect every message;
-/// returns once the first SUBACK arrived.
-fn subscribe(port: u16, filter: &str) -> Messages {
-    let msgs: Messages = Arc::new(Mutex::new(Vec::new()));
-    let out = msgs.clone();
-    let filter = filter.to_string();
-    let id = client_id("sub");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_max_packet_size(16 << 20, 16 << 20);
-        opts.set_keep_alive(Duration::from_secs(5));
-        let (client, mut conn) = rumqttc::Client::new(opts, 64);
-        for ev in conn.iter() {
-            match ev {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    let _ = client.subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                    let _ = ready_tx.send(());
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    out.lock()
-                        .expect("lock")
-                        .push((p.topic.clone(), p.payload.to_vec()));
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("subscribed");
-    msgs
-}
-
-/// Publish one non-retained QoS 1 message and wait for the broker's PUBACK.
-fn publish(port: u16, topic: &str, payload: Vec<u8>) {
-    let mut opts = rumqttc::MqttOptions::new(client_id("pub"), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = rumqttc::Client::new(opts, 8);
-    client
-        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
-        .expect("queue publish");
-    for ev in conn.iter() {
-        match ev {
-            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => panic!("publish {topic}: {e}"),
-        }
-    }
-    let _ = client.disconnect();
-}
-
 /// A decoded Sparkplug message: verb, device (if any), payload.
 #[derive(Debug, Clone)]
 struct Sp {
@@ -345,49 +225,31 @@ fn sp_of(m: &[(String, Vec<u8>)], group: &str, node: &str) -> Vec<Sp> {
         .collect()
 }
 
-fn snapshot(msgs: &Messages) -> Vec<(String, Vec<u8>)> {
-    msgs.lock().expect("lock").clone()
-}
-
+/// [`wait_for_with`], listing Sparkplug payloads decoded.
 fn wait_for(
     msgs: &Messages,
     what: &str,
     timeout: Duration,
     pred: impl Fn(&[(String, Vec<u8>)]) -> bool,
 ) -> Vec<(String, Vec<u8>)> {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        let m = snapshot(msgs);
-        if pred(&m) {
-            return m;
+    wait_for_with(msgs, what, timeout, pred, |t, p| {
+        if !t.starts_with("spBv1.0/") {
+            return format!("{t} {} bytes", p.len());
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let got: Vec<String> = snapshot(msgs)
-        .iter()
-        .map(|(t, p)| {
-            if t.starts_with("spBv1.0/") {
-                let d = decode(p);
-                let ms: Vec<String> = d
-                    .metrics
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "{}={:?}",
-                            m.name
-                                .clone()
-                                .unwrap_or_else(|| format!("#{}", m.alias.unwrap_or(0))),
-                            m.value
-                        )
-                    })
-                    .collect();
-                format!("{t} seq={:?} {}", d.seq, ms.join(" "))
-            } else {
-                format!("{t} {} bytes", p.len())
-            }
-        })
-        .collect();
-    panic!("timed out waiting for {what}; got:\n{}", got.join("\n"));
+        let d = decode(p);
+        let ms: Vec<String> = d
+            .metrics
+            .iter()
+            .map(|m| {
+                let name = m
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("#{}", m.alias.unwrap_or(0)));
+                format!("{name}={:?}", m.value)
+            })
+            .collect();
+        format!("{t} seq={:?} {}", d.seq, ms.join(" "))
+    })
 }
 
 fn count(sp: &[Sp], verb: &str, device: Option<&str>) -> usize {
@@ -870,55 +732,7 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
 }
 
 // ---------------------------------------------------------------------------------------
-// `vigil run` as a process (the minimum of tests/daemon.rs's set-up).
-
-use vigil::backbone::{Backbone, TractBackbone};
-use vigil::features::{extract_paths, list_images};
-use vigil::fit::{fit_with_threshold, make_artifact, ThresholdConfig};
-use vigil::model::FitConfig;
-use vigil::preprocess::PreprocessConfig;
-
-fn link(files: &[PathBuf], dir: &Path, prefix: &str) {
-    for (i, f) in files.iter().enumerate() {
-        std::os::unix::fs::symlink(f, dir.join(format!("{prefix}{i:04}.jpg"))).expect("link");
-    }
-}
-
-/// A model fitted on 80 magnetic-tile normals (threshold at the 0.9 quantile), and a
-/// folder of normals, strong defects (fray), normals.
-fn setup(root: &Path) -> PathBuf {
-    let mt = common::shared_dir().join("data/magnetic_tile");
-    let backbone = common::repo_path("models/efficientnet_lite0_pooled.onnx");
-    let mut bb = TractBackbone::load(&backbone, 1, None).expect("backbone");
-    let train = list_images(&mt.join("train/good")).expect("train");
-    let train = &train[..80];
-    let pre = PreprocessConfig::imagenet(224, 224);
-    let feats = extract_paths(&mut bb, pre, train, "fit").expect("features");
-    let cfg = FitConfig::default();
-    let (m, th, qs) = fit_with_threshold(
-        &feats,
-        train.len(),
-        1280,
-        &cfg,
-        &ThresholdConfig {
-            holdout: 0.2,
-            quantile: 0.9,
-        },
-    )
-    .expect("fit");
-    let art = make_artifact(m, th, qs, bb.info(), pre, &cfg, train.len());
-    let model = root.join("state/models/cam1.safetensors");
-    std::fs::create_dir_all(model.parent().expect("p")).expect("mkdir");
-    art.save(&model).expect("save");
-    let frames = root.join("frames");
-    std::fs::create_dir_all(&frames).expect("mkdir");
-    let good = list_images(&mt.join("test/good")).expect("good");
-    let fray = list_images(&mt.join("test/fray")).expect("fray");
-    link(&good[..8], &frames, "a_");
-    link(&fray[..16], &frames, "b_");
-    link(&good[8..20], &frames, "c_");
-    frames
-}
+// `vigil run` as a process (harness: tests/common/daemon.rs).
 
 /// `mqtt` holds the extra `[mqtt]` lines (profile, sub-table last).
 fn write_config(root: &Path, port: u16, frames: &Path, mqtt: &str, looping: bool) -> PathBuf {
@@ -959,37 +773,6 @@ state_interval_s = 1
     path
 }
 
-/// The `vigil` binary: `$VIGIL_BIN` when set (a target dir shared between worktrees
-/// uplifts whichever `vigil` was built last), else Cargo's.
-fn vigil_bin() -> PathBuf {
-    std::env::var_os("VIGIL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vigil")))
-}
-
-fn spawn_daemon(config: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.with_extension("log"))
-        .expect("log file");
-    Command::new(vigil_bin())
-        .args(["run", "--config", config.to_str().expect("utf8")])
-        .env("VIGIL_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn vigil")
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-}
-
 const SPARKPLUG: &str = "profile = \"sparkplug\"\n[mqtt.sparkplug]\ngroup_id = \"plant\"\n";
 const NODE: &str = "testnode";
 
@@ -1008,7 +791,7 @@ fn daemon_sparkplug_births_reports_dies_with_its_source_ndeath_on_kill_and_obeys
 {
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Broker::start();
-    let frames = setup(dir.path());
+    let (_model, frames) = setup(dir.path());
     let config = write_config(dir.path(), broker.port, &frames, SPARKPLUG, false);
     let check = Command::new(vigil_bin())
         .args(["check-config", config.to_str().expect("p")])
@@ -1204,7 +987,7 @@ fn profile_both_keeps_images_on_the_plain_topics_and_profile_plain_publishes_not
 {
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Broker::start();
-    let frames = setup(dir.path());
+    let (_model, frames) = setup(dir.path());
     let both = "profile = \"both\"\n[mqtt.sparkplug]\ngroup_id = \"plant\"\n";
     let config = write_config(dir.path(), broker.port, &frames, both, false);
     let msgs = subscribe(broker.port, "#");

@@ -1,6 +1,8 @@
 //! Test helpers: locating `../shared` and reading `.npy` fixtures.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 
 /// The shared reference folder: `$VIGIL_SHARED`, else `../shared` beside the repo.
