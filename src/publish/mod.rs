@@ -22,6 +22,7 @@ mod config;
 mod homeassistant;
 mod outbox;
 mod session;
+pub(crate) mod task;
 mod topics;
 
 use std::path::{Path, PathBuf};
@@ -32,7 +33,6 @@ use std::time::{Duration, Instant, SystemTime};
 use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 
 pub(crate) use config::{check_topic_level, Settings};
 pub use config::{parse_broker_url, BrokerUrl, ConfigError, MqttConfig};
@@ -43,6 +43,7 @@ pub use topics::Knob;
 use crate::messages::{Event, Health, KnobState, State, Status, SCHEMA_KNOB, SCHEMA_STATUS};
 use outbox::{Entry, Loaded, Outbox};
 use session::{Ctrl, Inner, Shared, Tag};
+use task::TaskHandle;
 use topics::Topics;
 
 /// Capacity of the [`Command`] channel; `set` messages arriving while it is full are
@@ -135,16 +136,6 @@ pub struct PublisherStatus {
 pub struct Publisher {
     shared: Arc<Shared>,
     task: Arc<TaskHandle>,
-}
-
-struct TaskHandle(Mutex<Option<JoinHandle<()>>>);
-
-impl Drop for TaskHandle {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            h.abort();
-        }
-    }
 }
 
 impl Publisher {
@@ -247,7 +238,7 @@ impl Publisher {
         Ok((
             Publisher {
                 shared,
-                task: Arc::new(TaskHandle(Mutex::new(Some(handle)))),
+                task: Arc::new(TaskHandle::new(handle)),
             },
             cmd_rx,
         ))
@@ -403,22 +394,9 @@ impl Publisher {
             }
         }
         self.shared.wake.notify_one();
-        let handle = self
-            .task
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(mut handle) = handle {
-            match tokio::time::timeout(SHUTDOWN_FLUSH + Duration::from_secs(2), &mut handle).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "mqtt task ended abnormally"),
-                Err(_) => {
-                    tracing::error!("mqtt task did not stop in time; aborted");
-                    handle.abort();
-                }
-            }
-        }
+        self.task
+            .join(SHUTDOWN_FLUSH + Duration::from_secs(2), "mqtt")
+            .await;
         let status = self.status();
         if status.outbox_len > 0 {
             tracing::warn!(

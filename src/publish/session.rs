@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::config::Settings;
 use super::outbox::Outbox;
+use super::task::Polled;
 use super::topics::{parse_command, Knob, Topics};
 use super::{knob_error_payload, status_payload, Command, PublisherStatus, SHUTDOWN_FLUSH};
 use crate::messages::State;
@@ -486,23 +487,13 @@ pub(crate) async fn run(sh: Arc<Shared>, mut el: EventLoop, commands: mpsc::Send
                 Err(e) => tracing::error!(error = %e, "cannot serialise the Will"),
             }
         }
-        // Connecting (no session state yet) may be interrupted by a shutdown; a live
-        // connection is only interrupted at the shutdown deadline.
-        let polled = if el.network.is_none() || deadline.is_some() {
-            let until = deadline.unwrap_or_else(far_future);
-            tokio::select! {
-                r = el.poll() => Some(r),
-                _ = sh.wake.notified(), if deadline.is_none() => None,
-                _ = tokio::time::sleep_until(until), if deadline.is_some() => {
-                    tracing::warn!("mqtt shutdown: flush deadline passed, dropping the connection");
-                    return;
-                }
+        let result = match super::task::poll(&mut el, &sh.wake, deadline).await {
+            Polled::Done(r) => r,
+            Polled::Woken => continue,
+            Polled::Deadline => {
+                tracing::warn!("mqtt shutdown: flush deadline passed, dropping the connection");
+                return;
             }
-        } else {
-            Some(el.poll().await)
-        };
-        let Some(result) = polled else {
-            continue;
         };
         match result {
             Ok(event) => {

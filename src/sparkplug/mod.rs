@@ -38,13 +38,13 @@ use rumqttc::{
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 
 pub use config::{Profile, SparkplugConfig};
 pub use session::{DeviceMetric, SessionCounters};
 
 use crate::messages::{Event as VigilEvent, Health, State};
 use crate::pipeline::Sink;
+use crate::publish::task::{Polled, TaskHandle};
 use crate::publish::{check_topic_level, Command, ConfigError, MqttConfig, Settings};
 use session::{now_ms, Deadbands, Node};
 
@@ -138,16 +138,6 @@ impl Inner {
     }
 }
 
-struct TaskHandle(Mutex<Option<JoinHandle<()>>>);
-
-impl Drop for TaskHandle {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            h.abort();
-        }
-    }
-}
-
 /// Handle to the Sparkplug edge node. Dropping it without [`SparkplugNode::shutdown`]
 /// aborts the task (no DISCONNECT: the broker publishes the NDEATH Will).
 pub struct SparkplugNode {
@@ -234,7 +224,7 @@ impl SparkplugNode {
         Ok((
             SparkplugNode {
                 shared,
-                task: TaskHandle(Mutex::new(Some(handle))),
+                task: TaskHandle::new(handle),
             },
             rx,
         ))
@@ -271,22 +261,9 @@ impl SparkplugNode {
             }
         }
         self.shared.wake.notify_one();
-        let handle = self
-            .task
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(mut handle) = handle {
-            match tokio::time::timeout(SHUTDOWN_FLUSH + Duration::from_secs(2), &mut handle).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "sparkplug task ended abnormally"),
-                Err(_) => {
-                    tracing::error!("sparkplug task did not stop in time; aborted");
-                    handle.abort();
-                }
-            }
-        }
+        self.task
+            .join(SHUTDOWN_FLUSH + Duration::from_secs(2), "sparkplug")
+            .await;
     }
 
     fn with(&self, f: impl FnOnce(&mut Node, u64)) {
@@ -390,22 +367,13 @@ async fn run(sh: Arc<Shared>, mut el: EventLoop, commands: mpsc::Sender<Command>
                 }
             }
         }
-        let polled = if el.network.is_none() || deadline.is_some() {
-            let until = deadline.unwrap_or_else(far_future);
-            tokio::select! {
-                r = el.poll() => Some(r),
-                _ = sh.wake.notified(), if deadline.is_none() => None,
-                _ = tokio::time::sleep_until(until), if deadline.is_some() => {
-                    tracing::warn!("sparkplug shutdown: deadline passed, dropping the connection");
-                    return;
-                }
+        let result = match crate::publish::task::poll(&mut el, &sh.wake, deadline).await {
+            Polled::Done(r) => r,
+            Polled::Woken => continue,
+            Polled::Deadline => {
+                tracing::warn!("sparkplug shutdown: deadline passed, dropping the connection");
+                return;
             }
-        } else {
-            // A live connection is not interrupted (a shutdown's NDEATH wakes the poll).
-            Some(el.poll().await)
-        };
-        let Some(result) = polled else {
-            continue;
         };
         match result {
             Ok(event) => {
