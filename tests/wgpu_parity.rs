@@ -257,3 +257,19 @@ fn an_unsupported_op_is_refused_at_load_time_by_name() {
         assert!((v - want).abs() < 1e-4, "channel {c}: {v} vs {want}");
     }
 }
+
+#[test]
+#[ignore = "timing breakdown, run by hand"]
+fn profile_steps_by_hand() {
+    let model =
+        std::env::var("VIGIL_MODEL").unwrap_or("models/efficientnet_lite0_pooled.onnx".into());
+    let mut bb =
+        WgpuBackbone::load(&common::repo_path(&model), 1, None, AdapterChoice::Auto).expect("load");
+    let input = batch_input(&images(1));
+    let steps = bb.profile_steps(&input).expect("profile");
+    let total: f64 = steps.iter().map(|s| s.2).sum();
+    for (k, n, ms) in &steps {
+        eprintln!("{ms:9.1} ms {n:9} {k}");
+    }
+    eprintln!("total {total:.0} ms");
+}

@@ -24,20 +24,26 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let cpg = C / G;
     let opg = O / G;
     let g = o / opg;
-    var acc = 0.0;
     let iy0 = i32(oy * SH) - PT;
     let ix0 = i32(ox * SW) - PL;
+    // The kernel window clipped to the image, once.
+    var ky0 = 0u;
+    while (ky0 < KH && iy0 + i32(ky0 * DH) < 0) { ky0 = ky0 + 1u; }
+    var ky1 = KH;
+    while (ky1 > ky0 && iy0 + i32((ky1 - 1u) * DH) >= i32(H)) { ky1 = ky1 - 1u; }
+    var kx0 = 0u;
+    while (kx0 < KW && ix0 + i32(kx0 * DW) < 0) { kx0 = kx0 + 1u; }
+    var kx1 = KW;
+    while (kx1 > kx0 && ix0 + i32((kx1 - 1u) * DW) >= i32(W)) { kx1 = kx1 - 1u; }
+    var acc = 0.0;
     for (var ci = 0u; ci < cpg; ci = ci + 1u) {
         let xbase = (n * C + g * cpg + ci) * H * W;
         let wbase = (o * cpg + ci) * KH * KW;
-        for (var ky = 0u; ky < KH; ky = ky + 1u) {
-            let iy = iy0 + i32(ky * DH);
-            if (iy < 0 || iy >= i32(H)) { continue; }
-            let row = xbase + u32(iy) * W;
-            for (var kx = 0u; kx < KW; kx = kx + 1u) {
-                let ix = ix0 + i32(kx * DW);
-                if (ix < 0 || ix >= i32(W)) { continue; }
-                acc = acc + x[row + u32(ix)] * w[wbase + ky * KW + kx];
+        for (var ky = ky0; ky < ky1; ky = ky + 1u) {
+            let row = xbase + u32(iy0 + i32(ky * DH)) * W;
+            let wr = wbase + ky * KW;
+            for (var kx = kx0; kx < kx1; kx = kx + 1u) {
+                acc = acc + x[row + u32(ix0 + i32(kx * DW))] * w[wr + kx];
             }
         }
     }

@@ -40,13 +40,19 @@ enum Kernel {
     Binary = 1,
     MaxPool = 2,
     Reduce = 3,
+    /// Convolution, one group, 4 output channels per invocation.
+    Conv4 = 4,
+    /// 1×1 stride-1 unpadded convolution, one group, 4 output channels per invocation.
+    Pointwise = 5,
 }
 
-const KERNELS: [(Kernel, &str); 4] = [
+const KERNELS: [(Kernel, &str); 6] = [
     (Kernel::Conv, include_str!("conv.wgsl")),
     (Kernel::Binary, include_str!("binary.wgsl")),
     (Kernel::MaxPool, include_str!("maxpool.wgsl")),
     (Kernel::Reduce, include_str!("reduce.wgsl")),
+    (Kernel::Conv4, include_str!("conv4.wgsl")),
+    (Kernel::Pointwise, include_str!("pointwise.wgsl")),
 ];
 
 /// A storage buffer a step binds: an activation (per instance) or a weight (shared).
@@ -64,6 +70,15 @@ struct Step {
     params: Vec<u32>,
     slots: Vec<Slot>,
     count: u32,
+}
+
+impl Step {
+    /// 2-D dispatch covering `count` invocations in workgroups of 64.
+    fn workgroups(&self) -> (u32, u32) {
+        let groups = self.count.div_ceil(WORKGROUP).max(1);
+        let x = groups.min(MAX_GROUPS_X);
+        (x, groups.div_ceil(x))
+    }
 }
 
 /// What every instance shares: device, pipelines, weights, the compiled program.
@@ -278,6 +293,27 @@ enum Val {
     Const(Arc<Tensor>),
 }
 
+/// A constant as a weight buffer (uploaded once per outlet).
+fn upload(
+    weights: &mut Vec<Vec<f32>>,
+    uploaded: &mut HashMap<OutletId, usize>,
+    o: OutletId,
+    t: &Tensor,
+) -> Result<usize, String> {
+    if let Some(&w) = uploaded.get(&o) {
+        return Ok(w);
+    }
+    let t = t.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
+    let view = t
+        .to_plain_array_view::<f32>()
+        .map_err(|e| format!("{e:#}"))?;
+    // Logical (row-major) order; storage buffers may not be empty.
+    let v: Vec<f32> = view.iter().copied().collect();
+    weights.push(if v.is_empty() { vec![0.0] } else { v });
+    uploaded.insert(o, weights.len() - 1);
+    Ok(weights.len() - 1)
+}
+
 /// The typed graph compiled to kernel steps.
 struct Program {
     steps: Vec<Step>,
@@ -342,29 +378,6 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                 .ok_or_else(|| unsupported(format!("input {i:?} not computed")))?;
             ins.push(v);
         }
-        let mut weight = |o: OutletId, t: &Arc<Tensor>| -> Result<usize, String> {
-            if let Some(&w) = uploaded.get(&o) {
-                return Ok(w);
-            }
-            let t = t.cast_to::<f32>().map_err(|e| format!("{e:#}"))?;
-            let view = t
-                .to_plain_array_view::<f32>()
-                .map_err(|e| format!("{e:#}"))?;
-            // Logical (row-major) order; storage buffers may not be empty.
-            let v: Vec<f32> = view.iter().copied().collect();
-            weights.push(if v.is_empty() { vec![0.0] } else { v });
-            uploaded.insert(o, weights.len() - 1);
-            Ok(weights.len() - 1)
-        };
-        let slot_of = |v: &Val,
-                       o: OutletId,
-                       weight: &mut dyn FnMut(OutletId, &Arc<Tensor>) -> Result<usize, String>|
-         -> Result<Slot, String> {
-            match v {
-                Val::Act(b) => Ok(Slot::Act(*b)),
-                Val::Const(t) => Ok(Slot::Weight(weight(o, t)?)),
-            }
-        };
         let op = node.op();
         // Values to alias instead of computing (shape-only ops, fused clamps).
         let mut alias: Option<usize> = None;
@@ -398,8 +411,47 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                 n if n == o => 2,
                 n => return Err(unsupported(format!("bias of {n} values for {o} channels"))),
             };
-            let wk = weight(node.inputs[1], k).map_err(&unsupported)?;
-            let wb = weight(node.inputs[2], bias).map_err(&unsupported)?;
+            let wb =
+                upload(&mut weights, &mut uploaded, node.inputs[2], bias).map_err(&unsupported)?;
+            // One group and O % 4 == 0: 4 output channels per invocation, weights packed
+            // [O/4][C][KH·KW] × 4.
+            let by4 = conv.group == 1 && o % 4 == 0;
+            let pointwise = by4
+                && g[0] == 1
+                && g[1] == 1
+                && g[2] == 1
+                && g[3] == 1
+                && g[8] == in_dims[2]
+                && g[9] == in_dims[3]
+                && g[6] == 0
+                && g[7] == 0;
+            let wk = if by4 {
+                let kv = k
+                    .cast_to::<f32>()
+                    .and_then(|t| {
+                        Ok(t.to_plain_array_view::<f32>()?
+                            .iter()
+                            .copied()
+                            .collect::<Vec<f32>>())
+                    })
+                    .map_err(|e| unsupported(format!("{e:#}")))?;
+                let kk = g[0] * g[1];
+                let mut packed = vec![0.0f32; kv.len()];
+                for ob in 0..o / 4 {
+                    for ci in 0..c {
+                        for t in 0..kk {
+                            for j in 0..4 {
+                                packed[((ob * c + ci) * kk + t) * 4 + j] =
+                                    kv[((ob * 4 + j) * c + ci) * kk + t];
+                            }
+                        }
+                    }
+                }
+                weights.push(packed);
+                weights.len() - 1
+            } else {
+                upload(&mut weights, &mut uploaded, node.inputs[1], k).map_err(&unsupported)?
+            };
             let p = [
                 count as usize,
                 c,
@@ -427,12 +479,35 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                 .map(|&v| u32::try_from(v))
                 .collect::<Result<Vec<u32>, _>>()
                 .map_err(|_| unsupported("dimension too large".into()))?;
-            step = Some(Step {
-                kernel: Kernel::Conv,
-                clamp_at: Some(17),
-                params,
-                slots: vec![Slot::Act(*x), Slot::Weight(wk), Slot::Weight(wb)],
-                count,
+            let slots = vec![Slot::Act(*x), Slot::Weight(wk), Slot::Weight(wb)];
+            step = Some(if pointwise {
+                let hw = in_dims[2] * in_dims[3];
+                let n4 = (in_dims[0] * (o / 4) * hw.div_ceil(4)) as u32;
+                Step {
+                    kernel: Kernel::Pointwise,
+                    clamp_at: Some(5),
+                    params: vec![n4, c as u32, hw as u32, o as u32, bias_mode as u32, 0, 0, 0],
+                    slots,
+                    count: n4,
+                }
+            } else if by4 {
+                let mut params = params;
+                params[0] = count / 4;
+                Step {
+                    kernel: Kernel::Conv4,
+                    clamp_at: Some(17),
+                    params,
+                    slots,
+                    count: count / 4,
+                }
+            } else {
+                Step {
+                    kernel: Kernel::Conv,
+                    clamp_at: Some(17),
+                    params,
+                    slots,
+                    count,
+                }
             });
         } else if let Some(bin) = op.downcast_ref::<TypedBinOp>() {
             let name = bin.0.name();
@@ -499,7 +574,13 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                         unsupported(format!("cannot broadcast {d:?} to {out_dims:?}"))
                     })?;
                     params.extend(s);
-                    slots.push(slot_of(v, node.inputs[k], &mut weight).map_err(&unsupported)?);
+                    slots.push(match v {
+                        Val::Act(b) => Slot::Act(*b),
+                        Val::Const(t) => Slot::Weight(
+                            upload(&mut weights, &mut uploaded, node.inputs[k], t)
+                                .map_err(&unsupported)?,
+                        ),
+                    });
                 }
                 params.extend([0, 0, 0]);
                 step = Some(Step {
@@ -842,6 +923,43 @@ impl WgpuBackbone {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 
+    /// Time every dispatch alone (submitted and waited for one by one): (kernel, work
+    /// items, ms) per step, for `vigil bench --profile`.
+    pub fn profile_steps(
+        &mut self,
+        input: &[f32],
+    ) -> Result<Vec<(String, u32, f64)>, BackboneError> {
+        self.run(input)?;
+        let sh = &*self.shared;
+        let mut out = Vec::new();
+        for (s, bg) in sh.steps.iter().zip(&self.bind_groups) {
+            let t = std::time::Instant::now();
+            let mut enc = sh
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&sh.pipelines[s.kernel as usize]);
+                pass.set_bind_group(0, bg, &[]);
+                let (x, y) = s.workgroups();
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            sh.queue.submit([enc.finish()]);
+            sh.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(run_err)?;
+            out.push((
+                format!("{:?} {:?}", s.kernel, &s.params[1..s.params.len().min(16)]),
+                s.count,
+                t.elapsed().as_secs_f64() * 1e3,
+            ));
+        }
+        Ok(out)
+    }
+
     fn run(&mut self, input: &[f32]) -> Result<(), BackboneError> {
         let sh = &*self.shared;
         self.scratch.clear();
@@ -860,9 +978,8 @@ impl WgpuBackbone {
             for (s, bg) in sh.steps.iter().zip(&self.bind_groups) {
                 pass.set_pipeline(&sh.pipelines[s.kernel as usize]);
                 pass.set_bind_group(0, bg, &[]);
-                let groups = s.count.div_ceil(WORKGROUP);
-                let x = groups.min(MAX_GROUPS_X);
-                pass.dispatch_workgroups(x, groups.div_ceil(x.max(1)), 1);
+                let (x, y) = s.workgroups();
+                pass.dispatch_workgroups(x, y, 1);
             }
         }
         let mut offset = 0u64;
