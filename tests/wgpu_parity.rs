@@ -160,6 +160,81 @@ fn forked_instances_share_weights_and_agree() {
     );
 }
 
+/// Features of `paths` with `bb` in batches of its batch size.
+fn features(bb: &mut dyn Backbone, paths: &[PathBuf]) -> Vec<f32> {
+    let (batch, fd) = (bb.info().batch, bb.info().feature_dim);
+    let mut out = Vec::new();
+    for chunk in paths.chunks(batch) {
+        let input = batch_input(chunk);
+        let mut f = vec![0.0f32; chunk.len() * fd];
+        bb.extract(&input, chunk.len(), &mut f).expect("extract");
+        out.extend(f);
+    }
+    out
+}
+
+/// Every `step`-th image of a folder, sorted.
+fn every(dir: &str, step: usize) -> Vec<PathBuf> {
+    let root = common::shared_dir().join("data/magnetic_tile");
+    vigil::features::list_images(&root.join(dir))
+        .expect("list")
+        .into_iter()
+        .step_by(step)
+        .collect()
+}
+
+#[test]
+fn magnetic_tile_auroc_on_wgpu_matches_tract_on_a_subsample() {
+    // SUBSAMPLE: lavapipe runs EfficientNet-Lite0 at 1.5-3 s/frame on 2 cores, the whole
+    // set (600 + 494 images) would take ~45 min. Every 25th training image (24) and every
+    // 10th test image (50, all six folders) keeps the step at ~2 min.
+    let train = every("train/good", 25);
+    let mut test = Vec::new();
+    let mut labels = Vec::new();
+    for dir in ["good", "blowhole", "break", "crack", "fray", "uneven"] {
+        let p = every(&format!("test/{dir}"), 10);
+        labels.extend(std::iter::repeat_n(dir != "good", p.len()));
+        test.extend(p);
+    }
+    assert!(labels.iter().any(|&l| l) && labels.iter().any(|&l| !l));
+    let path = common::repo_path("models/efficientnet_lite0_pooled.onnx");
+    let mut tract = TractBackbone::load(&path, 1, None).expect("tract");
+    let mut gpu = WgpuBackbone::load(&path, 4, None, AdapterChoice::Auto).expect("wgpu");
+    let fd = tract.info().feature_dim;
+    let cfg = vigil::model::FitConfig {
+        n_components: 8,
+        ..Default::default()
+    };
+    let mut aurocs = Vec::new();
+    for bb in [&mut tract as &mut dyn Backbone, &mut gpu] {
+        let f_train = features(bb, &train);
+        let f_test = features(bb, &test);
+        let model =
+            vigil::model::Dfkde::fit(&f_train, train.len(), fd, &cfg).expect("fit");
+        let anomaly: Vec<f64> = model
+            .score_rows(&f_test, fd)
+            .expect("score")
+            .iter()
+            .map(|s| -s.log_density)
+            .collect();
+        aurocs.push(vigil::model::metrics::auroc(&anomaly, &labels).expect("auroc"));
+    }
+    eprintln!(
+        "magnetic_tile subsample ({} train, {} test): AUROC tract {:.4}, wgpu {:.4}",
+        train.len(),
+        test.len(),
+        aurocs[0],
+        aurocs[1]
+    );
+    assert!(aurocs[0] > 0.5, "tract AUROC {} (no signal at all?)", aurocs[0]);
+    assert!(
+        (aurocs[0] - aurocs[1]).abs() <= 0.002,
+        "AUROC tract {} vs wgpu {}",
+        aurocs[0],
+        aurocs[1]
+    );
+}
+
 // --- a tiny hand-encoded ONNX model (protobuf wire format) ---------------------------
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {

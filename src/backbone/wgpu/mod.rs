@@ -511,7 +511,7 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
             });
         } else if let Some(bin) = op.downcast_ref::<TypedBinOp>() {
             let name = bin.0.name();
-            let code = match &*name {
+            let code = match name {
                 "Add" => 0u32,
                 "Sub" => 1,
                 "Mul" => 2,
@@ -748,7 +748,7 @@ impl WgpuBackbone {
             .max()
             .unwrap_or(0)
             * 4;
-        if biggest > limits.max_storage_buffer_binding_size as u64
+        if biggest > limits.max_storage_buffer_binding_size
             || biggest > limits.max_buffer_size
         {
             return Err(unsupported(format!(
