@@ -16,12 +16,19 @@ fn the_shipped_config_documents_the_backend_keys_with_their_defaults() {
     assert_eq!(cfg.inference.backend, BackendKind::Tract);
     assert_eq!(cfg.inference.adapter, AdapterChoice::Auto);
     assert!(cfg.inference.fallback_to_tract);
-    for key in ["backend = \"tract\"", "adapter = \"auto\"", "fallback_to_tract = true"] {
+    for key in [
+        "backend = \"tract\"",
+        "adapter = \"auto\"",
+        "fallback_to_tract = true",
+    ] {
         assert!(SHIPPED.contains(key), "config/vigil.toml lacks {key}");
     }
     let cpu = SHIPPED.replace("adapter = \"auto\"", "adapter = \"cpu-fallback\"");
     assert_eq!(
-        Config::from_toml(&cpu).expect("cpu-fallback").inference.adapter,
+        Config::from_toml(&cpu)
+            .expect("cpu-fallback")
+            .inference
+            .adapter,
         AdapterChoice::CpuFallback
     );
     let bad = SHIPPED.replace("backend = \"tract\"", "backend = \"cuda\"");

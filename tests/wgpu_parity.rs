@@ -8,7 +8,9 @@ mod common;
 use std::path::PathBuf;
 
 use vigil::backbone::wgpu::AdapterChoice;
-use vigil::backbone::{Backbone, BackboneError, TractBackbone, WgpuBackbone};
+use vigil::backbone::{
+    AnyBackbone, Backbone, BackboneError, BackendKind, BackendOptions, TractBackbone, WgpuBackbone,
+};
 use vigil::preprocess::{PreprocessConfig, Preprocessor};
 
 /// `n` real images (train/good, then test/crack): sorted, deterministic.
@@ -209,8 +211,7 @@ fn magnetic_tile_auroc_on_wgpu_matches_tract_on_a_subsample() {
     for bb in [&mut tract as &mut dyn Backbone, &mut gpu] {
         let f_train = features(bb, &train);
         let f_test = features(bb, &test);
-        let model =
-            vigil::model::Dfkde::fit(&f_train, train.len(), fd, &cfg).expect("fit");
+        let model = vigil::model::Dfkde::fit(&f_train, train.len(), fd, &cfg).expect("fit");
         let anomaly: Vec<f64> = model
             .score_rows(&f_test, fd)
             .expect("score")
@@ -226,7 +227,11 @@ fn magnetic_tile_auroc_on_wgpu_matches_tract_on_a_subsample() {
         aurocs[0],
         aurocs[1]
     );
-    assert!(aurocs[0] > 0.5, "tract AUROC {} (no signal at all?)", aurocs[0]);
+    assert!(
+        aurocs[0] > 0.5,
+        "tract AUROC {} (no signal at all?)",
+        aurocs[0]
+    );
     assert!(
         (aurocs[0] - aurocs[1]).abs() <= 0.002,
         "AUROC tract {} vs wgpu {}",
@@ -347,4 +352,33 @@ fn profile_steps_by_hand() {
         eprintln!("{ms:9.1} ms {n:9} {k}");
     }
     eprintln!("total {total:.0} ms");
+}
+
+#[test]
+fn adapter_choice_is_honoured_or_a_clear_error_with_optional_fallback() {
+    let path = common::repo_path("models/efficientnet_lite0_pooled.onnx");
+    // The adapter CI has (lavapipe) is a CPU one: cpu-fallback finds it.
+    let bb = WgpuBackbone::load(&path, 1, None, AdapterChoice::CpuFallback).expect("lavapipe");
+    assert_eq!(bb.adapter().device_type, wgpu::DeviceType::Cpu);
+    // GL may or may not exist here: either it loads on GL, or the error says what exists,
+    // and with fallback_to_tract the same request gives tract.
+    match WgpuBackbone::load(&path, 1, None, AdapterChoice::Gl) {
+        Ok(bb) => assert_eq!(bb.adapter().backend, wgpu::Backend::Gl),
+        Err(e) => {
+            assert!(matches!(e, BackboneError::NoAdapter { .. }), "{e}");
+            assert!(e.to_string().contains("\"gl\""), "{e}");
+            let opts = BackendOptions {
+                kind: BackendKind::Wgpu,
+                adapter: AdapterChoice::Gl,
+                fallback_to_tract: true,
+            };
+            let any = AnyBackbone::load(&opts, &path, 1, None).expect("fallback");
+            assert_eq!(any.kind(), BackendKind::Tract);
+            let strict = BackendOptions {
+                fallback_to_tract: false,
+                ..opts
+            };
+            assert!(AnyBackbone::load(&strict, &path, 1, None).is_err());
+        }
+    }
 }

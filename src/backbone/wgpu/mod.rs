@@ -125,10 +125,18 @@ fn pick_adapter(choice: AdapterChoice) -> Result<wgpu::Adapter, BackboneError> {
         AdapterChoice::Vulkan => wgpu::Backends::VULKAN,
         AdapterChoice::Gl => wgpu::Backends::GL,
     };
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = backends;
-    let instance = wgpu::Instance::new(desc);
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let enumerate = |backends: wgpu::Backends| {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        pollster::block_on(instance.enumerate_adapters(backends))
+    };
+    // Vulkan first: GL (EGL) is only probed when Vulkan has nothing (it is slower, and
+    // probing it on a headless box prints display-server errors).
+    let mut adapters = enumerate(backends & wgpu::Backends::VULKAN);
+    if adapters.is_empty() && backends.contains(wgpu::Backends::GL) {
+        adapters = enumerate(wgpu::Backends::GL);
+    }
     let rank = |a: &wgpu::Adapter| {
         let info = a.get_info();
         let kind = match info.device_type {
@@ -748,9 +756,7 @@ impl WgpuBackbone {
             .max()
             .unwrap_or(0)
             * 4;
-        if biggest > limits.max_storage_buffer_binding_size
-            || biggest > limits.max_buffer_size
-        {
+        if biggest > limits.max_storage_buffer_binding_size || biggest > limits.max_buffer_size {
             return Err(unsupported(format!(
                 "a {biggest}-byte buffer exceeds the adapter's limits (lower the batch)"
             )));
