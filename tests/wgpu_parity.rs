@@ -382,3 +382,39 @@ fn adapter_choice_is_honoured_or_a_clear_error_with_optional_fallback() {
         }
     }
 }
+
+#[test]
+fn score_with_backend_wgpu_matches_backend_tract_on_the_command_line() {
+    // Fit with tract on 20 real images (fast), then score 2 test images with each backend.
+    let dir = tempfile::tempdir().expect("tmp");
+    let train = dir.path().join("train");
+    std::fs::create_dir(&train).expect("mkdir");
+    for p in every("train/good", 30).iter().take(20) {
+        std::fs::copy(p, train.join(p.file_name().expect("name"))).expect("copy");
+    }
+    let model = dir.path().join("m.safetensors");
+    let (train_s, model_s) = (
+        train.to_str().expect("utf8"),
+        model.to_str().expect("utf8"),
+    );
+    common::ok(&["fit", "--train", train_s, "--out", model_s, "--pca", "8"]);
+    let imgs = every("test/crack", 20);
+    let imgs: Vec<&str> = imgs.iter().take(2).map(|p| p.to_str().expect("utf8")).collect();
+    let score = |backend: &str| -> Vec<f64> {
+        let mut args = vec!["score", "--model", model_s, "--backend", backend];
+        args.extend(&imgs);
+        common::ok(&args)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                v["log_density"].as_f64().expect("log_density")
+            })
+            .collect()
+    };
+    let (t, g) = (score("tract"), score("wgpu"));
+    eprintln!("log-densities tract {t:?} wgpu {g:?}");
+    assert_eq!(t.len(), 2);
+    for (a, b) in t.iter().zip(&g) {
+        assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "{a} vs {b}");
+    }
+}
