@@ -393,13 +393,14 @@ fn score_with_backend_wgpu_matches_backend_tract_on_the_command_line() {
         std::fs::copy(p, train.join(p.file_name().expect("name"))).expect("copy");
     }
     let model = dir.path().join("m.safetensors");
-    let (train_s, model_s) = (
-        train.to_str().expect("utf8"),
-        model.to_str().expect("utf8"),
-    );
+    let (train_s, model_s) = (train.to_str().expect("utf8"), model.to_str().expect("utf8"));
     common::ok(&["fit", "--train", train_s, "--out", model_s, "--pca", "8"]);
     let imgs = every("test/crack", 20);
-    let imgs: Vec<&str> = imgs.iter().take(2).map(|p| p.to_str().expect("utf8")).collect();
+    let imgs: Vec<&str> = imgs
+        .iter()
+        .take(2)
+        .map(|p| p.to_str().expect("utf8"))
+        .collect();
     let score = |backend: &str| -> Vec<f64> {
         let mut args = vec!["score", "--model", model_s, "--backend", backend];
         args.extend(&imgs);

@@ -83,6 +83,8 @@ impl Step {
 
 /// What every instance shares: device, pipelines, weights, the compiled program.
 struct Shared {
+    /// The last error wgpu reported outside an error scope (its default handler panics).
+    failed: Arc<std::sync::Mutex<Option<String>>>,
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: wgpu::AdapterInfo,
@@ -770,6 +772,16 @@ impl WgpuBackbone {
             choice: choice.as_str().into(),
             found: format!("{} (device request failed: {e})", adapter_info.name),
         })?;
+        let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        {
+            let failed = failed.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                tracing::error!(error = %e, "wgpu error");
+                if let Ok(mut f) = failed.lock() {
+                    *f = Some(e.to_string());
+                }
+            }));
+        }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipelines = KERNELS
             .iter()
@@ -825,6 +837,7 @@ impl WgpuBackbone {
             "wgpu backbone loaded"
         );
         let shared = Arc::new(Shared {
+            failed,
             device,
             queue,
             adapter: adapter_info,
@@ -1004,6 +1017,9 @@ impl WgpuBackbone {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(run_err)?;
         rx.recv().map_err(run_err)?.map_err(run_err)?;
+        if let Some(e) = sh.failed.lock().map_err(run_err)?.take() {
+            return Err(BackboneError::Run(format!("wgpu: {e}")));
+        }
         {
             let view = slice.get_mapped_range().map_err(run_err)?;
             for (dst, src) in self.host_out.iter_mut().zip(view.chunks_exact(4)) {
