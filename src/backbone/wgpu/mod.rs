@@ -73,9 +73,18 @@ struct Step {
 }
 
 impl Step {
-    /// 2-D dispatch covering `count` invocations in workgroups of 64.
-    fn workgroups(&self) -> (u32, u32) {
-        let groups = self.count.div_ceil(WORKGROUP).max(1);
+    /// 2-D dispatch covering the invocations of the first `images` of `batch` images in
+    /// workgroups of 64. Every kernel's element index has the image as its slowest-varying
+    /// part (row-major, batch first; shape ops keep that order), so a partial batch runs
+    /// only its own rows.
+    fn workgroups(&self, images: usize, batch: usize) -> (u32, u32) {
+        let (images, batch) = (images as u32, batch as u32);
+        let count = if batch > 0 && self.count.is_multiple_of(batch) {
+            self.count / batch * images.min(batch)
+        } else {
+            self.count
+        };
+        let groups = count.div_ceil(WORKGROUP).max(1);
         let x = groups.min(MAX_GROUPS_X);
         (x, groups.div_ceil(x))
     }
@@ -942,13 +951,28 @@ impl WgpuBackbone {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 
-    /// Time every dispatch alone (submitted and waited for one by one): (kernel, work
-    /// items, ms) per step, for `vigil bench --profile`.
+    /// Time every dispatch alone (submitted and waited for one by one) on `input` (up to
+    /// one batch of images): (kernel and parameters, work items, ms) per step.
     pub fn profile_steps(
         &mut self,
         input: &[f32],
     ) -> Result<Vec<(String, u32, f64)>, BackboneError> {
-        self.run(input)?;
+        let per = 3 * self.info.input_width as usize * self.info.input_height as usize;
+        if input.is_empty()
+            || !input.len().is_multiple_of(per)
+            || input.len() > self.info.batch * per
+        {
+            return Err(BackboneError::InputSize {
+                got: input.len(),
+                expected: self.info.batch * per,
+                batch: self.info.batch,
+                height: self.info.input_height as usize,
+                width: self.info.input_width as usize,
+            });
+        }
+        let images = input.len() / per;
+        self.run(input, images)?;
+        let batch = self.info.batch;
         let sh = &*self.shared;
         let mut out = Vec::new();
         for (s, bg) in sh.steps.iter().zip(&self.bind_groups) {
@@ -963,7 +987,7 @@ impl WgpuBackbone {
                 });
                 pass.set_pipeline(&sh.pipelines[s.kernel as usize]);
                 pass.set_bind_group(0, bg, &[]);
-                let (x, y) = s.workgroups();
+                let (x, y) = s.workgroups(images, batch);
                 pass.dispatch_workgroups(x, y, 1);
             }
             sh.queue.submit([enc.finish()]);
@@ -979,7 +1003,8 @@ impl WgpuBackbone {
         Ok(out)
     }
 
-    fn run(&mut self, input: &[f32]) -> Result<(), BackboneError> {
+    fn run(&mut self, input: &[f32], images: usize) -> Result<(), BackboneError> {
+        let batch = self.info.batch;
         let sh = &*self.shared;
         self.scratch.clear();
         self.scratch
@@ -997,7 +1022,7 @@ impl WgpuBackbone {
             for (s, bg) in sh.steps.iter().zip(&self.bind_groups) {
                 pass.set_pipeline(&sh.pipelines[s.kernel as usize]);
                 pass.set_bind_group(0, bg, &[]);
-                let (x, y) = s.workgroups();
+                let (x, y) = s.workgroups(images, batch);
                 pass.dispatch_workgroups(x, y, 1);
             }
         }
@@ -1061,8 +1086,8 @@ impl Backbone for WgpuBackbone {
                 width: w,
             });
         }
-        // A partial batch leaves the rows after `images` as they were: rows are independent.
-        self.run(input)?;
+        // A partial batch computes its own rows only (rows are independent in eval mode).
+        self.run(input, images)?;
         let fd = self.info.feature_dim;
         let mut offset = 0;
         let mut base = 0;
