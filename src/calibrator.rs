@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::backbone::TractBackbone;
+use crate::backbone::AnyBackbone;
 use crate::calibrate::{calibrate, CalibStatus, CalibrateRequest, SlotFeed};
 use crate::config::CalibrationConfig;
 use crate::pipeline::{lock, CameraRuntime, LoadedModel, Sink};
@@ -41,7 +41,7 @@ pub struct Calibrator {
     state_dir: PathBuf,
     defaults: CalibrationConfig,
     /// Forked for each job (shares the workers' optimised graph).
-    backbone: Mutex<TractBackbone>,
+    backbone: Mutex<AnyBackbone>,
     publisher: Option<Arc<Publisher>>,
     sink: Arc<dyn Sink>,
     jobs: Mutex<HashMap<String, Job>>,
@@ -53,7 +53,7 @@ impl Calibrator {
         node: &str,
         state_dir: PathBuf,
         defaults: CalibrationConfig,
-        backbone: TractBackbone,
+        backbone: AnyBackbone,
         publisher: Option<Arc<Publisher>>,
         sink: Arc<dyn Sink>,
         cameras: &[String],
@@ -192,7 +192,7 @@ impl Calibrator {
         mut guard: JobGuard,
         tap: Arc<FrameSlot>,
         probe: CaptureProbe,
-        mut bb: TractBackbone,
+        mut bb: AnyBackbone,
         mut params: crate::calibrate::CalibrationParams,
         cancel: &AtomicBool,
     ) {
@@ -359,7 +359,9 @@ mod tests {
     fn camera_and_calibrator(state_dir: &std::path::Path) -> (Arc<CameraRuntime>, Arc<Calibrator>) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(crate::backbone::DEFAULT_BACKBONE);
-        let bb = TractBackbone::load(&path, 1, None).expect("backbone");
+        let bb = crate::backbone::AnyBackbone::from(
+            crate::backbone::TractBackbone::load(&path, 1, None).expect("backbone"),
+        );
         let dim = bb.info().feature_dim;
         let n = 40;
         let feats = crate::store::tests::noise(1, n * dim);

@@ -61,6 +61,26 @@ pub struct InferenceConfig {
     pub backbone: PathBuf,
     /// Inference worker threads (tract is blocking: dedicated OS threads). Default 1.
     pub workers: usize,
+    /// Engine running the backbone: `tract` (CPU SIMD, default) or `wgpu` (WGSL compute
+    /// kernels on Vulkan / GL; needs a build with `--features wgpu`). README "Backends".
+    pub backend: crate::backbone::BackendKind,
+    /// wgpu adapter: `auto` (best GPU, else a software adapter), `vulkan`, `gl` or
+    /// `cpu-fallback` (lavapipe). Only read with `backend = "wgpu"`. Default `auto`.
+    pub adapter: crate::backbone::AdapterChoice,
+    /// With `backend = "wgpu"`: run tract instead (with a warning) when no adapter exists.
+    /// Default true.
+    pub fallback_to_tract: bool,
+}
+
+impl InferenceConfig {
+    /// How the daemon loads its backbone.
+    pub fn backend_options(&self) -> crate::backbone::BackendOptions {
+        crate::backbone::BackendOptions {
+            kind: self.backend,
+            adapter: self.adapter,
+            fallback_to_tract: self.fallback_to_tract,
+        }
+    }
 }
 
 impl Default for InferenceConfig {
@@ -68,6 +88,9 @@ impl Default for InferenceConfig {
         InferenceConfig {
             backbone: crate::backbone::default_backbone_path(),
             workers: 1,
+            backend: crate::backbone::BackendKind::Tract,
+            adapter: crate::backbone::AdapterChoice::Auto,
+            fallback_to_tract: true,
         }
     }
 }
@@ -291,6 +314,13 @@ impl Config {
             return bad(format!(
                 "inference.workers must be in 1..=64, got {}",
                 self.inference.workers
+            ));
+        }
+        if !self.inference.backend.available() {
+            return bad(format!(
+                "inference.backend = {:?}: this vigil was built without it (cargo build --features {})",
+                self.inference.backend.as_str(),
+                self.inference.backend.as_str()
             ));
         }
         for (name, v) in [

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::artifact::Artifact;
-use crate::backbone::{file_sha256, Backbone, TractBackbone};
+use crate::backbone::{file_sha256, AnyBackbone, Backbone};
 use crate::calibrator::{Calibrator, CaptureProbe};
 use crate::config::{CameraConfig, Config};
 use crate::control;
@@ -212,7 +212,7 @@ pub struct Running {
     /// SHA-256 of the backbone the workers run (a reload cannot change it).
     pub backbone_sha: String,
     /// A fork of the workers' backbone for calibrations (taken by the daemon).
-    pub spare_backbone: Option<TractBackbone>,
+    pub spare_backbone: Option<AnyBackbone>,
 }
 
 /// Start sources and workers for `config` with already loaded models (`None`: the camera
@@ -230,8 +230,13 @@ pub fn start_pipeline(
             m.artifact.meta.preprocessing.height,
         )
     });
-    let first = TractBackbone::load(&config.inference.backbone, 1, size)
-        .map_err(|e| cfg_err(format!("inference.backbone: {e}")))?;
+    let first = AnyBackbone::load(
+        &config.inference.backend_options(),
+        &config.inference.backbone,
+        1,
+        size,
+    )
+    .map_err(|e| cfg_err(format!("inference.backbone: {e}")))?;
     let mut backbones = Vec::with_capacity(config.inference.workers);
     for _ in 1..config.inference.workers {
         backbones.push(

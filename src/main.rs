@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use vigil::artifact::{Artifact, ArtifactMeta};
-use vigil::backbone::{file_sha256, Backbone, TractBackbone};
+use vigil::backbone::{
+    file_sha256, AdapterChoice, AnyBackbone, Backbone, BackendKind, BackendOptions,
+};
 use vigil::calibrate::{
     open_feed, parse_source_spec, CalibStatus, CalibrateError, CalibrateRequest,
 };
@@ -112,6 +114,12 @@ enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Engine running the backbone: tract (CPU) or wgpu (needs --features wgpu).
+        #[arg(long, value_enum, default_value = "tract")]
+        backend: BackendKind,
+        /// With --backend wgpu: the adapter (auto, vulkan, gl, cpu-fallback).
+        #[arg(long, value_enum, default_value = "auto")]
+        adapter: AdapterChoice,
     },
 }
 
@@ -224,6 +232,23 @@ struct BackboneArgs {
     /// Input size WxH when the ONNX input is symbolic.
     #[arg(long, value_parser = parse_size)]
     input_size: Option<(u32, u32)>,
+    /// Engine running the backbone: tract (CPU) or wgpu (needs --features wgpu).
+    #[arg(long, value_enum, default_value = "tract")]
+    backend: BackendKind,
+    /// With --backend wgpu: the adapter (auto, vulkan, gl, cpu-fallback).
+    #[arg(long, value_enum, default_value = "auto")]
+    adapter: AdapterChoice,
+}
+
+impl BackboneArgs {
+    /// `--backend` / `--adapter`: on the command line, no silent fallback to tract.
+    fn backend_options(&self) -> BackendOptions {
+        BackendOptions {
+            kind: self.backend,
+            adapter: self.adapter,
+            fallback_to_tract: false,
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -327,9 +352,9 @@ fn resolve_backbone(args: &BackboneArgs, preset: FeaturePreset) -> PathBuf {
         .unwrap_or_else(|| vigil::backbone::default_model_path(preset.backbone_file()))
 }
 
-fn load_backbone(args: &BackboneArgs) -> Result<(TractBackbone, PreprocessConfig)> {
+fn load_backbone(args: &BackboneArgs) -> Result<(AnyBackbone, PreprocessConfig)> {
     let path = resolve_backbone(args, args.features);
-    let bb = TractBackbone::load(&path, 1, args.input_size)?;
+    let bb = AnyBackbone::load(&args.backend_options(), &path, 1, args.input_size)?;
     let info = bb.info();
     let pre = PreprocessConfig {
         normalization: args
@@ -357,7 +382,7 @@ fn fit_folder(
     train: &Path,
     bargs: &BackboneArgs,
     params: &FitParams,
-) -> Result<(Artifact, TractBackbone, PreprocessConfig)> {
+) -> Result<(Artifact, AnyBackbone, PreprocessConfig)> {
     let (mut bb, pre) = load_backbone(bargs)?;
     let paths = list_images(train)?;
     let feats = extract_paths(&mut bb, pre, &paths, "features")?;
@@ -384,13 +409,13 @@ fn fit_folder(
 fn load_model(
     model: &Path,
     bargs: &BackboneArgs,
-) -> Result<(Artifact, TractBackbone, PreprocessConfig)> {
+) -> Result<(Artifact, AnyBackbone, PreprocessConfig)> {
     let art = Artifact::load(model)?;
     let path = resolve_backbone(bargs, FeaturePreset::from_artifact_name(&art.meta.features));
     let sha = file_sha256(&path)?;
     art.check_backbone(model, &sha, &path)?;
     let size = Some((art.meta.preprocessing.width, art.meta.preprocessing.height));
-    let bb = TractBackbone::load(&path, 1, size)?;
+    let bb = AnyBackbone::load(&bargs.backend_options(), &path, 1, size)?;
     let pre = art.meta.preprocessing;
     Ok((art, bb, pre))
 }
@@ -419,7 +444,7 @@ fn cmd_fit(a: FitArgs) -> Result<()> {
 
 fn score_images(
     model: &Dfkde,
-    bb: &mut TractBackbone,
+    bb: &mut AnyBackbone,
     pre: PreprocessConfig,
     paths: &[PathBuf],
     what: &str,
@@ -543,9 +568,11 @@ fn bench_backbone_only(
     seconds: f64,
     profile: bool,
     json: bool,
+    backend: &BackendOptions,
 ) -> ExitCode {
-    let r = match vigil::bench::backbone::bench_backbone(backbone, input, threads, seconds, profile)
-    {
+    let r = match vigil::bench::backbone::bench_backbone(
+        backbone, input, threads, seconds, profile, backend,
+    ) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -557,7 +584,8 @@ fn bench_backbone_only(
         return ExitCode::SUCCESS;
     }
     println!(
-        "tract, {} thread(s): {:.2} frames/s | backbone median {:.2} ms, p99 {:.2}, min {:.2} | {} frames | vigil kernels {:?}",
+        "{}, {} thread(s): {:.2} frames/s | backbone median {:.2} ms, p99 {:.2}, min {:.2} | {} frames | vigil kernels {:?}",
+        r.engine,
         r.threads, r.fps, r.backbone_ms_median, r.backbone_ms_p99, r.backbone_ms_min, r.frames, r.kernels
     );
     if !r.profile.is_empty() {
@@ -757,7 +785,12 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         .as_ref()
         .map(|(m, _)| (m.meta.preprocessing.width, m.meta.preprocessing.height))
         .or(a.backbone.input_size);
-    let mut bb = TractBackbone::load(&backbone_path, 1, size)?;
+    let opts = t
+        .config
+        .as_ref()
+        .map(|c| c.inference.backend_options())
+        .unwrap_or_else(|| a.backbone.backend_options());
+    let mut bb = AnyBackbone::load(&opts, &backbone_path, 1, size)?;
     let pre = match &current {
         Some((m, _)) => m.meta.preprocessing,
         None => PreprocessConfig {
@@ -1122,8 +1155,15 @@ fn main() -> ExitCode {
             kde_points,
             backbone,
             json,
+            backend,
+            adapter,
         } => {
             vigil::logging::init("warn");
+            let backend = BackendOptions {
+                kind: backend,
+                adapter,
+                fallback_to_tract: false,
+            };
             if backbone_only {
                 return bench_backbone_only(
                     &backbone
@@ -1134,6 +1174,7 @@ fn main() -> ExitCode {
                     seconds,
                     profile,
                     json,
+                    &backend,
                 );
             }
             let Some(data) = data else {
@@ -1148,6 +1189,7 @@ fn main() -> ExitCode {
                 &workers,
                 seconds,
                 kde_points,
+                &backend,
             );
             return daemon_exit(r.map(|rows| {
                 for r in rows {

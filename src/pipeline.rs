@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use image::ImageEncoder;
 
 use crate::artifact::Artifact;
-use crate::backbone::{Backbone, TractBackbone};
+use crate::backbone::{AnyBackbone, Backbone};
 use crate::config::CameraConfig;
 use crate::detector::{Detector, Observation};
 use crate::frame::{Frame, Pixels};
@@ -271,7 +271,7 @@ pub struct Worker {
 }
 
 /// Start `n` workers, each with its own backbone instance.
-pub fn spawn_workers(pipeline: &Arc<Pipeline>, backbones: Vec<TractBackbone>) -> Vec<Worker> {
+pub fn spawn_workers(pipeline: &Arc<Pipeline>, backbones: Vec<AnyBackbone>) -> Vec<Worker> {
     backbones
         .into_iter()
         .enumerate()
@@ -286,7 +286,7 @@ pub fn spawn_workers(pipeline: &Arc<Pipeline>, backbones: Vec<TractBackbone>) ->
         .collect()
 }
 
-fn worker_loop(index: usize, p: &Pipeline, mut bb: TractBackbone) {
+fn worker_loop(index: usize, p: &Pipeline, mut bb: AnyBackbone) {
     let info = bb.info().clone();
     // Built from the first model seen (every model of a daemon has the same preprocessing:
     // one backbone input), rebuilt if a model with another one is swapped in.
@@ -359,7 +359,7 @@ fn process(
     cam: &CameraRuntime,
     model: &LoadedModel,
     frame: &Frame,
-    bb: &mut TractBackbone,
+    bb: &mut AnyBackbone,
     pre: &mut Preprocessor,
     tensor: &mut [f32],
     feat: &mut [f32],

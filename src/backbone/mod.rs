@@ -6,14 +6,20 @@
 //! outputs are concatenated **along channels** (anomalib concatenates layers along the
 //! batch axis, which is broken for more than one layer; vigil deliberately does not).
 
+pub mod select;
 pub mod tract;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+pub use self::select::{AdapterChoice, AnyBackbone, BackendKind, BackendOptions};
 pub use self::tract::TractBackbone;
+#[cfg(feature = "wgpu")]
+pub use self::wgpu::WgpuBackbone;
 
 #[derive(Debug, Error)]
 pub enum BackboneError {
@@ -36,6 +42,8 @@ pub enum BackboneError {
     },
     #[error("inference failed: {0}")]
     Run(String),
+    #[error("no wgpu adapter for adapter = {choice:?} (found: {found})")]
+    NoAdapter { choice: String, found: String },
 }
 
 /// What a loaded backbone is, for the artifact and for logging.

@@ -15,7 +15,7 @@ type State = TypedSimpleState;
 
 /// How each model output becomes part of the feature vector.
 #[derive(Debug, Clone, Copy)]
-enum Pool {
+pub(crate) enum Pool {
     /// `[B, C]`: used as is.
     Flat { channels: usize },
     /// `[B, C, H, W]`: spatial mean.
@@ -23,7 +23,7 @@ enum Pool {
 }
 
 impl Pool {
-    fn channels(self) -> usize {
+    pub(crate) fn channels(self) -> usize {
         match self {
             Pool::Flat { channels } | Pool::Mean { channels, .. } => channels,
         }
@@ -45,112 +45,11 @@ impl TractBackbone {
         batch: usize,
         size: Option<(u32, u32)>,
     ) -> Result<TractBackbone, BackboneError> {
-        let bytes = std::fs::read(path).map_err(|source| BackboneError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let sha256 = sha256_hex(&bytes);
+        let (typed, info, pools) = load_typed(path, batch, size)?;
         let load_err = |e: TractError| BackboneError::Load {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
         };
-        let unsupported = |reason: String| BackboneError::Unsupported {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if batch == 0 {
-            return Err(unsupported("batch must be at least 1".into()));
-        }
-
-        // Declared intermediate and output shapes may carry a symbolic batch that conflicts
-        // with the concrete input fact set below: let tract infer them instead.
-        let mut model = tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .with_ignore_value_info(true)
-            .model_for_read(&mut std::io::Cursor::new(&bytes))
-            .map_err(load_err)?;
-        if model.inputs.len() != 1 {
-            return Err(unsupported(format!(
-                "expected exactly one input, found {}",
-                model.inputs.len()
-            )));
-        }
-        let fact = model.input_fact(0).map_err(load_err)?.clone();
-        let (mut width, mut height) = (None, None);
-        if let Some(shape) = fact.shape.concretize() {
-            if shape.len() != 4 {
-                return Err(unsupported(format!(
-                    "input must be NCHW (rank 4), found rank {}",
-                    shape.len()
-                )));
-            }
-            if let Ok(c) = shape[1].to_usize() {
-                if c != 3 {
-                    return Err(unsupported(format!(
-                        "input must have 3 channels, found {c}"
-                    )));
-                }
-            }
-            height = shape[2].to_usize().ok().map(|v| v as u32);
-            width = shape[3].to_usize().ok().map(|v| v as u32);
-        }
-        let (w, h) = match (width, height, size) {
-            (Some(w), Some(h), Some((sw, sh))) if (w, h) != (sw, sh) => {
-                return Err(unsupported(format!(
-                    "model input is {w}×{h}, configuration asks for {sw}×{sh}"
-                )))
-            }
-            (Some(w), Some(h), _) => (w, h),
-            (_, _, Some(s)) => s,
-            _ => {
-                return Err(unsupported(
-                    "input size is symbolic: give the input size explicitly".into(),
-                ))
-            }
-        };
-        model
-            .set_input_fact(0, f32::fact([batch, 3, h as usize, w as usize]).into())
-            .map_err(load_err)?;
-        let outputs: Vec<String> = model
-            .output_outlets()
-            .map_err(load_err)?
-            .iter()
-            .map(|o| model.node(o.node).name.clone())
-            .collect();
-        let typed = model.into_typed().map_err(load_err)?;
-        let mut pools = Vec::new();
-        for (i, outlet) in typed.output_outlets().map_err(load_err)?.iter().enumerate() {
-            let of = typed.outlet_fact(*outlet).map_err(load_err)?;
-            if of.datum_type != f32::datum_type() {
-                return Err(unsupported(format!(
-                    "output {i} is {:?}, expected f32",
-                    of.datum_type
-                )));
-            }
-            let dims: Vec<usize> = of
-                .shape
-                .iter()
-                .map(|d| d.to_usize())
-                .collect::<Result<Vec<usize>, _>>()
-                .map_err(|e| unsupported(format!("output {i} has a symbolic shape: {e:?}")))?;
-            if dims.first() != Some(&batch) {
-                return Err(unsupported(format!(
-                    "output {i} shape {dims:?} does not lead with the batch {batch}"
-                )));
-            }
-            pools.push(match dims.len() {
-                2 => Pool::Flat { channels: dims[1] },
-                4 => Pool::Mean {
-                    channels: dims[1],
-                    spatial: dims[2] * dims[3],
-                },
-                _ => {
-                    return Err(unsupported(format!(
-                        "output {i} has shape {dims:?}; expected [B, C] or [B, C, H, W]"
-                    )))
-                }
-            });
-        }
         // vigil's x86_64 kernels (crates/vigil-kernels) are registered with tract before it
         // optimises: with a channel-inner depthwise kernel on the host, tract's optimiser
         // moves depthwise convolutions channel-last (as it does on aarch64 with its NEON one).
@@ -162,16 +61,6 @@ impl TractBackbone {
             .into_runnable()
             .map_err(load_err)?;
         let state = plan.spawn().map_err(load_err)?;
-        let feature_dim = pools.iter().map(|p| p.channels()).sum();
-        let info = BackboneInfo {
-            path: path.to_path_buf(),
-            sha256,
-            input_width: w,
-            input_height: h,
-            feature_dim,
-            batch,
-            outputs,
-        };
         Ok(TractBackbone {
             info,
             plan,
@@ -179,7 +68,136 @@ impl TractBackbone {
             pools,
         })
     }
+}
 
+/// Parse and type an ONNX backbone for batches of `batch` images (input shape made
+/// concrete, outputs checked): what both backends start from. The graph is typed, not yet
+/// optimised.
+pub(crate) fn load_typed(
+    path: &Path,
+    batch: usize,
+    size: Option<(u32, u32)>,
+) -> Result<(TypedModel, BackboneInfo, Vec<Pool>), BackboneError> {
+    let bytes = std::fs::read(path).map_err(|source| BackboneError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let sha256 = sha256_hex(&bytes);
+    let load_err = |e: TractError| BackboneError::Load {
+        path: path.to_path_buf(),
+        reason: format!("{e:#}"),
+    };
+    let unsupported = |reason: String| BackboneError::Unsupported {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if batch == 0 {
+        return Err(unsupported("batch must be at least 1".into()));
+    }
+
+    // Declared intermediate and output shapes may carry a symbolic batch that conflicts
+    // with the concrete input fact set below: let tract infer them instead.
+    let mut model = tract_onnx::onnx()
+        .with_ignore_output_shapes(true)
+        .with_ignore_value_info(true)
+        .model_for_read(&mut std::io::Cursor::new(&bytes))
+        .map_err(load_err)?;
+    if model.inputs.len() != 1 {
+        return Err(unsupported(format!(
+            "expected exactly one input, found {}",
+            model.inputs.len()
+        )));
+    }
+    let fact = model.input_fact(0).map_err(load_err)?.clone();
+    let (mut width, mut height) = (None, None);
+    if let Some(shape) = fact.shape.concretize() {
+        if shape.len() != 4 {
+            return Err(unsupported(format!(
+                "input must be NCHW (rank 4), found rank {}",
+                shape.len()
+            )));
+        }
+        if let Ok(c) = shape[1].to_usize() {
+            if c != 3 {
+                return Err(unsupported(format!(
+                    "input must have 3 channels, found {c}"
+                )));
+            }
+        }
+        height = shape[2].to_usize().ok().map(|v| v as u32);
+        width = shape[3].to_usize().ok().map(|v| v as u32);
+    }
+    let (w, h) = match (width, height, size) {
+        (Some(w), Some(h), Some((sw, sh))) if (w, h) != (sw, sh) => {
+            return Err(unsupported(format!(
+                "model input is {w}×{h}, configuration asks for {sw}×{sh}"
+            )))
+        }
+        (Some(w), Some(h), _) => (w, h),
+        (_, _, Some(s)) => s,
+        _ => {
+            return Err(unsupported(
+                "input size is symbolic: give the input size explicitly".into(),
+            ))
+        }
+    };
+    model
+        .set_input_fact(0, f32::fact([batch, 3, h as usize, w as usize]).into())
+        .map_err(load_err)?;
+    let outputs: Vec<String> = model
+        .output_outlets()
+        .map_err(load_err)?
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect();
+    let typed = model.into_typed().map_err(load_err)?;
+    let mut pools = Vec::new();
+    for (i, outlet) in typed.output_outlets().map_err(load_err)?.iter().enumerate() {
+        let of = typed.outlet_fact(*outlet).map_err(load_err)?;
+        if of.datum_type != f32::datum_type() {
+            return Err(unsupported(format!(
+                "output {i} is {:?}, expected f32",
+                of.datum_type
+            )));
+        }
+        let dims: Vec<usize> = of
+            .shape
+            .iter()
+            .map(|d| d.to_usize())
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|e| unsupported(format!("output {i} has a symbolic shape: {e:?}")))?;
+        if dims.first() != Some(&batch) {
+            return Err(unsupported(format!(
+                "output {i} shape {dims:?} does not lead with the batch {batch}"
+            )));
+        }
+        pools.push(match dims.len() {
+            2 => Pool::Flat { channels: dims[1] },
+            4 => Pool::Mean {
+                channels: dims[1],
+                spatial: dims[2] * dims[3],
+            },
+            _ => {
+                return Err(unsupported(format!(
+                    "output {i} has shape {dims:?}; expected [B, C] or [B, C, H, W]"
+                )))
+            }
+        });
+    }
+    let feature_dim = pools.iter().map(|p| p.channels()).sum();
+    let info = BackboneInfo {
+        path: path.to_path_buf(),
+        sha256,
+        input_width: w,
+        input_height: h,
+        feature_dim,
+        batch,
+        outputs,
+    };
+    Ok((typed, info, pools))
+}
+
+impl TractBackbone {
     /// Another instance sharing this one's optimised graph and weights (one per inference
     /// worker: only the activation buffers are per instance).
     pub fn fork(&self) -> Result<TractBackbone, BackboneError> {

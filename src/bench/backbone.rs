@@ -13,7 +13,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
-use crate::backbone::{Backbone, BackboneError, TractBackbone};
+use crate::backbone::{AnyBackbone, Backbone, BackboneError, BackendOptions, TractBackbone};
 
 #[derive(Debug, Error)]
 pub enum BackboneBenchError {
@@ -125,11 +125,13 @@ pub fn bench_backbone(
     threads: usize,
     seconds: f64,
     profile: bool,
+    backend: &BackendOptions,
 ) -> Result<BackboneBench, BackboneBenchError> {
     if threads == 0 {
         return Err(BackboneBenchError::NoThreads);
     }
-    let first = TractBackbone::load(backbone, 1, None)?;
+    let first = AnyBackbone::load(backend, backbone, 1, None)?;
+    let engine = first.kind().as_str();
     let info = first.info().clone();
     let per = 3 * info.input_width as usize * info.input_height as usize;
     let x = Arc::new(input_tensor(input, per)?);
@@ -137,10 +139,9 @@ pub fn bench_backbone(
     for _ in 1..threads {
         instances.push(instances[0].fork()?);
     }
-    let op_times = if profile {
-        profile_ops(&instances[0], &x, seconds.min(10.0))?
-    } else {
-        Vec::new()
+    let op_times = match &instances[0] {
+        AnyBackbone::Tract(bb) if profile => profile_ops(bb, &x, seconds.min(10.0))?,
+        _ => Vec::new(),
     };
     let barrier = Arc::new(Barrier::new(threads));
     let warm = Duration::from_secs(1);
@@ -180,7 +181,7 @@ pub fn bench_backbone(
     all.sort_by(f64::total_cmp);
     Ok(BackboneBench {
         model: backbone.display().to_string(),
-        engine: "tract",
+        engine,
         threads,
         frames: all.len(),
         seconds: elapsed,

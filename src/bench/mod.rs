@@ -146,6 +146,7 @@ pub fn bench(
     workers: &[usize],
     seconds: f64,
     kde_points: usize,
+    backend: &crate::backbone::BackendOptions,
 ) -> Result<Vec<BenchResult>, DaemonError> {
     let state = tempdir_path()?;
     let model = state.join("models/bench.safetensors");
@@ -163,9 +164,11 @@ pub fn bench(
     let mut results = Vec::new();
     for &w in workers {
         let text = format!(
-            "node = \"bench\"\nstate_dir = {st:?}\n[inference]\nbackbone = {bb:?}\nworkers = {w}\n[mqtt]\nurl = {url:?}\n[[camera]]\nid = \"cam1\"\nmodel = {m:?}\n[camera.source]\ntype = \"folder\"\npath = {d:?}\nfps = 200\nloop = true\n",
+            "node = \"bench\"\nstate_dir = {st:?}\n[inference]\nbackbone = {bb:?}\nworkers = {w}\nbackend = {be:?}\nadapter = {ad:?}\nfallback_to_tract = false\n[mqtt]\nurl = {url:?}\n[[camera]]\nid = \"cam1\"\nmodel = {m:?}\n[camera.source]\ntype = \"folder\"\npath = {d:?}\nfps = 200\nloop = true\n",
             st = state.display().to_string(),
             bb = backbone.display().to_string(),
+            be = backend.kind.as_str(),
+            ad = backend.adapter.as_str(),
             m = model.display().to_string(),
             d = data.display().to_string(),
         );
