@@ -62,6 +62,33 @@ pub struct BackboneInfo {
 }
 
 /// A feature extractor. One instance per inference thread (it owns its buffers).
+impl BackboneInfo {
+    /// Checks the buffers of an `extract(input, images, out)` call against this backbone.
+    pub fn check_extract(
+        &self,
+        input: usize,
+        images: usize,
+        out: usize,
+    ) -> Result<(), BackboneError> {
+        let (b, h, w) = (
+            self.batch,
+            self.input_height as usize,
+            self.input_width as usize,
+        );
+        let per = 3 * h * w;
+        if images == 0 || images > b || input != images * per || out != images * self.feature_dim {
+            return Err(BackboneError::InputSize {
+                got: input,
+                expected: b * per,
+                batch: b,
+                height: h,
+                width: w,
+            });
+        }
+        Ok(())
+    }
+}
+
 pub trait Backbone: Send {
     fn info(&self) -> &BackboneInfo;
 

@@ -230,25 +230,13 @@ impl Backbone for TractBackbone {
         images: usize,
         out: &mut [f32],
     ) -> Result<(), BackboneError> {
+        self.info.check_extract(input.len(), images, out.len())?;
         let (b, h, w) = (
             self.info.batch,
             self.info.input_height as usize,
             self.info.input_width as usize,
         );
         let per = 3 * h * w;
-        if images == 0
-            || images > b
-            || input.len() != images * per
-            || out.len() != images * self.info.feature_dim
-        {
-            return Err(BackboneError::InputSize {
-                got: input.len(),
-                expected: b * per,
-                batch: b,
-                height: h,
-                width: w,
-            });
-        }
         // A full batch is copied once into the tensor; a partial one is zero-padded first
         // (rows are independent in eval mode).
         let padded;

@@ -1067,25 +1067,7 @@ impl Backbone for WgpuBackbone {
         images: usize,
         out: &mut [f32],
     ) -> Result<(), BackboneError> {
-        let (b, h, w) = (
-            self.info.batch,
-            self.info.input_height as usize,
-            self.info.input_width as usize,
-        );
-        let per = 3 * h * w;
-        if images == 0
-            || images > b
-            || input.len() != images * per
-            || out.len() != images * self.info.feature_dim
-        {
-            return Err(BackboneError::InputSize {
-                got: input.len(),
-                expected: b * per,
-                batch: b,
-                height: h,
-                width: w,
-            });
-        }
+        self.info.check_extract(input.len(), images, out.len())?;
         // A partial batch computes its own rows only (rows are independent in eval mode).
         self.run(input, images)?;
         let fd = self.info.feature_dim;
