@@ -270,6 +270,28 @@ pub(crate) struct Settings {
     pub max_packet_bytes: usize,
 }
 
+impl Settings {
+    /// Client options for this broker: keep-alive, packet and channel bounds, credentials
+    /// and TLS (the session kind, in-flight window and Will are the caller's).
+    pub fn mqtt_options(&self, client_id: String, clean_session: bool) -> rumqttc::MqttOptions {
+        let mut opts =
+            rumqttc::MqttOptions::new(client_id, self.broker.host.clone(), self.broker.port);
+        opts.set_keep_alive(self.keep_alive)
+            .set_clean_session(clean_session)
+            .set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes)
+            .set_request_channel_capacity(self.request_channel);
+        if let Some((user, pass)) = &self.credentials {
+            opts.set_credentials(user.clone(), pass.clone());
+        }
+        if let Some(tls) = &self.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
+        opts
+    }
+}
+
 impl MqttConfig {
     /// Checks every key (without reading files or the environment).
     pub fn validate(&self, node: &str) -> Result<(), ConfigError> {

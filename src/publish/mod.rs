@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, LastWill, QoS};
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 
@@ -175,24 +175,8 @@ impl Publisher {
             );
         }
 
-        let mut opts = MqttOptions::new(
-            settings.client_id.clone(),
-            settings.broker.host.clone(),
-            settings.broker.port,
-        );
-        opts.set_keep_alive(settings.keep_alive)
-            .set_clean_session(false)
-            .set_inflight(settings.inflight)
-            .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
-            .set_request_channel_capacity(settings.request_channel);
-        if let Some((user, pass)) = &settings.credentials {
-            opts.set_credentials(user.clone(), pass.clone());
-        }
-        if let Some(tls) = &settings.tls {
-            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
-        }
+        let mut opts = settings.mqtt_options(settings.client_id.clone(), false);
+        opts.set_inflight(settings.inflight);
         let node = node.to_string();
         let offline = status_payload(&node, &cameras, "offline")?;
         opts.set_last_will(LastWill::new(

@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, Outgoing, Packet, QoS,
+    SubscribeFilter, SubscribeReasonCode,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
@@ -180,23 +180,7 @@ impl SparkplugNode {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("{}-spb", settings.client_id));
-        let mut opts = MqttOptions::new(
-            client_id,
-            settings.broker.host.clone(),
-            settings.broker.port,
-        );
-        opts.set_keep_alive(settings.keep_alive)
-            .set_clean_session(true)
-            .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
-            .set_request_channel_capacity(settings.request_channel);
-        if let Some((user, pass)) = &settings.credentials {
-            opts.set_credentials(user.clone(), pass.clone());
-        }
-        if let Some(tls) = &settings.tls {
-            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
-        }
+        let opts = settings.mqtt_options(client_id, true);
         let (client, eventloop) = AsyncClient::new(opts, settings.request_channel);
         let deadbands = Deadbands {
             score: sp.score_deadband,
