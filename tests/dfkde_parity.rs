@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::OnceLock;
+
 use common::{load, max_abs_diff, shared_dir};
 use vigil::model::{
     pred_score, subsample_indices, Dfkde, FitConfig, ModelError, Pca, PostProcessor, Scaling,
@@ -31,14 +33,28 @@ fn meta() -> serde_json::Value {
     serde_json::from_str(&txt).expect("meta json")
 }
 
-fn fit(case: &Case, scaling: Scaling) -> Dfkde {
-    let train = load(&format!("{}_train_f32", case.name));
-    assert_eq!(train.shape[1], case.dim);
-    let cfg = FitConfig {
-        scaling,
-        ..FitConfig::default()
-    };
-    Dfkde::fit(&train.f32(), train.shape[0], case.dim, &cfg).expect("fit")
+/// The fitted model of a golden case, fitted once per test binary and shared by the tests that
+/// only read it: under qemu (scripts/edge.sh) each fit takes ~30 s, and five tests read the
+/// same four fits.
+fn fit(case: &Case, scaling: Scaling) -> &'static Dfkde {
+    static FITS: [OnceLock<Dfkde>; 4] = [const { OnceLock::new() }; 4];
+    let c = CASES
+        .iter()
+        .position(|c| c.name == case.name)
+        .expect("a golden case");
+    let m = METHODS
+        .iter()
+        .position(|&m| m == scaling)
+        .expect("a golden scaling");
+    FITS[c * METHODS.len() + m].get_or_init(|| {
+        let train = load(&format!("{}_train_f32", case.name));
+        assert_eq!(train.shape[1], case.dim);
+        let cfg = FitConfig {
+            scaling,
+            ..FitConfig::default()
+        };
+        Dfkde::fit(&train.f32(), train.shape[0], case.dim, &cfg).expect("fit")
+    })
 }
 
 fn log_densities(model: &Dfkde, rows: &common::Npy) -> Vec<f64> {
@@ -223,7 +239,7 @@ fn log_densities_match_the_f64_reference_within_1e_6() {
             let model = fit(case, m);
             for set in ["test", "ray"] {
                 let rows = load(&format!("{}_{set}_f32", case.name));
-                let ours = log_densities(&model, &rows);
+                let ours = log_densities(model, &rows);
                 let reference = load(&format!("{label}_{set}_logdensity_ref64_logsumexp"));
                 for (i, (a, b)) in ours.iter().zip(&reference.data).enumerate() {
                     let tol = if b.abs() > 100.0 { 1e-5 } else { 1e-6 };
@@ -249,7 +265,7 @@ fn scores_match_anomalib_float32_outside_its_underflow_band() {
                 let prob = load(&format!("{label}_{set}_prob_f32"));
                 check_against_anomalib_f32(
                     &format!("{label} {set}"),
-                    &model,
+                    model,
                     &rows,
                     &logd.data,
                     &prob.data,
@@ -264,7 +280,7 @@ fn far_outliers_keep_a_finite_ordered_score_where_anomalib_hits_its_cliff() {
     for case in &CASES {
         let model = fit(case, Scaling::Scale);
         let ray = load(&format!("{}_ray_f32", case.name));
-        let ours = log_densities(&model, &ray);
+        let ours = log_densities(model, &ray);
         let theirs = load(&format!("{}_scale_ray_logdensity_f32", case.name));
         let n_inf = theirs.data.iter().filter(|v| v.is_infinite()).count();
         assert!(n_inf > 0, "the fixture ray crosses anomalib's cliff");

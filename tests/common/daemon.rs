@@ -237,13 +237,40 @@ pub fn vigil_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vigil")))
 }
 
+/// A `vigil run` child process, SIGKILLed and reaped on drop if still running: a test that
+/// panics half-way leaves no daemon behind (holding its port, state dir and CPU for the rest
+/// of the run). Derefs to [`Child`].
+pub struct Daemon(Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Start `vigil run`, its log appended to `<config>.log`.
-pub fn spawn_daemon(config: &Path) -> Child {
+pub fn spawn_daemon(config: &Path) -> Daemon {
     spawn_daemon_logging(config, &config.with_extension("log"))
 }
 
 /// Start `vigil run`, its log appended to `log` (a file: a pipe nobody reads could fill up).
-pub fn spawn_daemon_logging(config: &Path, log: &Path) -> Child {
+pub fn spawn_daemon_logging(config: &Path, log: &Path) -> Daemon {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -255,6 +282,7 @@ pub fn spawn_daemon_logging(config: &Path, log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::from(file))
         .spawn()
+        .map(Daemon)
         .expect("spawn vigil")
 }
 
