@@ -510,7 +510,7 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                     let mut chunk = vec![0.0f32; UNIFORM_FLOATS];
                     chunk[..nc * kk].copy_from_slice(&kv[c0 * kk..(c0 + nc) * kk]);
                     weights.push(chunk);
-                    let cnt = n * nc * g[8] * ow8;
+                    let cnt = n * nc * g[8].div_ceil(4) * ow8;
                     let params = to_u32(&[
                         cnt, c, h, w, g[8], g[9], g[0], g[1], g[2], g[3], g[6], g[7], c0, nc,
                         bias_mode, 0, 0, 0,
