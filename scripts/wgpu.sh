@@ -17,7 +17,7 @@ if [ ! -d "$VIGIL_SHARED/data/magnetic_tile" ]; then
   exit 1
 fi
 
-./scripts/apt_need.sh mesa-vulkan-drivers libvulkan1
+./scripts/apt_need.sh mesa-vulkan-drivers libvulkan1 mosquitto
 
 cargo clippy --all-targets --locked --features wgpu -- -D warnings
-cargo test --locked --features wgpu --test wgpu_parity
+cargo test --locked --features wgpu --test wgpu_parity --test wgpu_daemon
