@@ -147,7 +147,10 @@ fn the_daemon_runs_on_wgpu_and_publishes_events_and_state() {
     // The engine that scored them is wgpu, on the adapter the loader names.
     let log = log_of(&config);
     assert!(log.contains("wgpu backbone loaded"), "{log}");
-    assert!(log.contains("backend=\"wgpu\"") || log.contains("backend=wgpu"), "{log}");
+    assert!(
+        log.contains("backend=\"wgpu\"") || log.contains("backend=wgpu"),
+        "{log}"
+    );
     assert!(!log.contains("falling back to tract"), "{log}");
 
     signal(&daemon, "TERM");
@@ -184,7 +187,10 @@ fn without_an_adapter_the_daemon_falls_back_to_tract_or_refuses_to_start() {
     let log = wait_for_log(&config, "backbone engine", Duration::from_secs(5));
     assert!(log.contains("falling back to tract"), "{log}");
     assert!(log.contains("no wgpu adapter"), "{log}");
-    assert!(log.contains("backend=\"tract\"") || log.contains("backend=tract"), "{log}");
+    assert!(
+        log.contains("backend=\"tract\"") || log.contains("backend=tract"),
+        "{log}"
+    );
     assert!(!log.contains("wgpu backbone loaded"), "{log}");
     signal(&daemon, "TERM");
     let status = daemon.wait().expect("wait");
@@ -219,7 +225,11 @@ fn without_an_adapter_the_daemon_falls_back_to_tract_or_refuses_to_start() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let log = log_of(&strict);
-    assert_eq!(status.code(), Some(78), "exit status {status:?}; log:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "exit status {status:?}; log:\n{log}"
+    );
     assert!(
         log.contains("no wgpu adapter for adapter = \"vulkan\""),
         "the refusal names the adapter choice:\n{log}"
