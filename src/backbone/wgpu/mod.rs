@@ -912,7 +912,7 @@ impl WgpuBackbone {
                 "a {biggest}-byte buffer exceeds the adapter's limits (lower the batch)"
             )));
         }
-        if u64::from(limits.max_uniform_buffer_binding_size) < (UNIFORM_FLOATS * 4) as u64 {
+        if limits.max_uniform_buffer_binding_size < (UNIFORM_FLOATS * 4) as u64 {
             return Err(unsupported(format!(
                 "the adapter's uniform buffers hold {} bytes, the kernels need {}",
                 limits.max_uniform_buffer_binding_size,
