@@ -63,29 +63,46 @@ enum Kernel {
     Direct = 8,
     /// The same with 8 output channels per invocation.
     Direct8 = 9,
+    /// Pointwise with 32 output channels per invocation (input channels ≤ 512).
+    Pointwise32 = 10,
 }
 
-/// Kernel, source, value of the WGSL `override WIDE` (16 rather than 8 output channels per
-/// invocation) where the kernel has one.
-const KERNELS: [(Kernel, &str, Option<bool>); 10] = [
-    (Kernel::Conv, include_str!("conv.wgsl"), None),
-    (Kernel::Binary, include_str!("binary.wgsl"), None),
-    (Kernel::MaxPool, include_str!("maxpool.wgsl"), None),
-    (Kernel::Reduce, include_str!("reduce.wgsl"), None),
-    (Kernel::Conv4, include_str!("conv4.wgsl"), None),
+/// Kernel, source, values of its WGSL override constants (output channels per invocation:
+/// `WIDE` 16 rather than 8, `Q` quads of 4).
+type KernelSpec = (Kernel, &'static str, &'static [(&'static str, f64)]);
+
+const KERNELS: [KernelSpec; 11] = [
+    (Kernel::Conv, include_str!("conv.wgsl"), &[]),
+    (Kernel::Binary, include_str!("binary.wgsl"), &[]),
+    (Kernel::MaxPool, include_str!("maxpool.wgsl"), &[]),
+    (Kernel::Reduce, include_str!("reduce.wgsl"), &[]),
+    (Kernel::Conv4, include_str!("conv4.wgsl"), &[]),
     (
         Kernel::Pointwise,
         include_str!("pointwise.wgsl"),
-        Some(true),
+        &[("Q", 4.0)],
     ),
     (
         Kernel::Pointwise8,
         include_str!("pointwise.wgsl"),
-        Some(false),
+        &[("Q", 2.0)],
     ),
-    (Kernel::Depthwise, include_str!("depthwise.wgsl"), None),
-    (Kernel::Direct, include_str!("direct.wgsl"), Some(true)),
-    (Kernel::Direct8, include_str!("direct.wgsl"), Some(false)),
+    (Kernel::Depthwise, include_str!("depthwise.wgsl"), &[]),
+    (
+        Kernel::Direct,
+        include_str!("direct.wgsl"),
+        &[("WIDE", 1.0)],
+    ),
+    (
+        Kernel::Direct8,
+        include_str!("direct.wgsl"),
+        &[("WIDE", 0.0)],
+    ),
+    (
+        Kernel::Pointwise32,
+        include_str!("pointwise.wgsl"),
+        &[("Q", 8.0)],
+    ),
 ];
 
 /// Floats in one uniform weight buffer (`array<vec4<f32>, 4096>` in the kernels: 64 KiB, the
@@ -499,11 +516,13 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                 && g[5] == 1
                 && (g[3] == 1 || g[3] == 2)
                 && kk <= UNIFORM_FLOATS;
-            // Output channels per invocation of the uniform-weight kernels: 16 where one
-            // block of 16 channels' weights fits a uniform buffer, else 8, else none.
-            let block = [16usize, 8]
-                .into_iter()
-                .find(|s| by4 && c * kk * s <= UNIFORM_FLOATS);
+            // Output channels per invocation of the uniform-weight kernels: the most (32 for
+            // pointwise, else 16; then 8) whose block of weights fits a uniform buffer.
+            let sizes: &[usize] = if pointwise { &[32, 16, 8] } else { &[16, 8] };
+            let block = sizes
+                .iter()
+                .copied()
+                .find(|&s| by4 && c * kk * s <= UNIFORM_FLOATS && (s <= o || s == 8));
             let to_u32 = |v: &[usize]| {
                 v.iter()
                     .map(|&v| u32::try_from(v))
@@ -568,10 +587,10 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                         let cnt = n * nb * (h * w).div_ceil(4);
                         let params = to_u32(&[cnt, c, h * w, o, bias_mode, 0, 0, 0, b0, nb])?;
                         Step {
-                            kernel: if wide {
-                                Kernel::Pointwise
-                            } else {
-                                Kernel::Pointwise8
+                            kernel: match s {
+                                32 => Kernel::Pointwise32,
+                                16 => Kernel::Pointwise,
+                                _ => Kernel::Pointwise8,
                             },
                             clamp_at: Some(5),
                             count: params[0],
@@ -941,7 +960,7 @@ impl WgpuBackbone {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipelines = KERNELS
             .iter()
-            .map(|(k, src, wide)| {
+            .map(|(k, src, constants)| {
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(&format!("{k:?}")),
                     source: wgpu::ShaderSource::Wgsl(
@@ -954,11 +973,7 @@ impl WgpuBackbone {
                     module: &module,
                     entry_point: Some("main"),
                     compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: match wide {
-                            Some(true) => &[("WIDE", 1.0)],
-                            Some(false) => &[("WIDE", 0.0)],
-                            None => &[],
-                        },
+                        constants,
                         ..Default::default()
                     },
                     cache: None,

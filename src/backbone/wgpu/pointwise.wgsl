@@ -1,13 +1,14 @@
 // 1×1 convolution, stride 1, no padding, one group, O % 4 == 0: a matrix product per image,
 // one dispatch per chunk of output channels whose weights fit one 64 KiB uniform buffer.
-// Each invocation computes 4 consecutive pixels × 16 output channels (8 when WIDE is
-// false): per input channel 4 activation loads (storage) feed 64 (32) multiply-adds with 4
-// (2) weight vec4 from the uniform buffer. On lavapipe a storage load is a branchy loop over
-// the SIMD lanes and a uniform load a plain gather, so the weights cost little.
-// Weights: [block][C] × 16 (8) floats, zero past O; blocks `first` .. `first + nb`.
+// Each invocation computes 4 consecutive pixels × 4·Q output channels (Q = 8, 4 or 2 vec4
+// quads, an override constant: 32, 16 or 8 channels): per input channel 4 activation loads
+// (storage) feed 16·Q multiply-adds with Q weight vec4 from the uniform buffer. On lavapipe a
+// storage load is a branchy loop over the SIMD lanes and a uniform load a plain gather, so
+// the more channels per activation load the better, as far as 4·Q × C floats fit 64 KiB.
+// Weights: [block][C] × 4·Q floats, zero past O; blocks `first` .. `first + nb`.
 // p: 0 count (N × nb × ⌈HW/4⌉), 1 C, 2 HW, 3 O, 4 bias (0 none, 1 scalar, 2 per channel),
 //    5 clamp flags, 6 lo bits, 7 hi bits, 8 first block, 9 nb
-override WIDE: bool = true;
+override Q: u32 = 4u;
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<uniform> w: array<vec4<f32>, 4096>;
@@ -52,38 +53,57 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let d1 = min(px + 1u, HW - 1u) - px;
     let d2 = min(px + 2u, HW - 1u) - px;
     let d3 = min(px + 3u, HW - 1u) - px;
-    let q = select(2u, 4u, WIDE);
     var xi = n * C * HW + px;
-    var wi = lb * C * q;
-    // a<pixel><channel quad>
-    var a00 = vec4<f32>(0.0); var a10 = vec4<f32>(0.0); var a20 = vec4<f32>(0.0); var a30 = vec4<f32>(0.0);
-    var a01 = vec4<f32>(0.0); var a11 = vec4<f32>(0.0); var a21 = vec4<f32>(0.0); var a31 = vec4<f32>(0.0);
-    var a02 = vec4<f32>(0.0); var a12 = vec4<f32>(0.0); var a22 = vec4<f32>(0.0); var a32 = vec4<f32>(0.0);
-    var a03 = vec4<f32>(0.0); var a13 = vec4<f32>(0.0); var a23 = vec4<f32>(0.0); var a33 = vec4<f32>(0.0);
+    var wi = lb * C * Q;
+    // a<pixel>_<channel quad>
+    var a0_0 = vec4<f32>(0.0); var a1_0 = vec4<f32>(0.0); var a2_0 = vec4<f32>(0.0); var a3_0 = vec4<f32>(0.0);
+    var a0_1 = vec4<f32>(0.0); var a1_1 = vec4<f32>(0.0); var a2_1 = vec4<f32>(0.0); var a3_1 = vec4<f32>(0.0);
+    var a0_2 = vec4<f32>(0.0); var a1_2 = vec4<f32>(0.0); var a2_2 = vec4<f32>(0.0); var a3_2 = vec4<f32>(0.0);
+    var a0_3 = vec4<f32>(0.0); var a1_3 = vec4<f32>(0.0); var a2_3 = vec4<f32>(0.0); var a3_3 = vec4<f32>(0.0);
+    var a0_4 = vec4<f32>(0.0); var a1_4 = vec4<f32>(0.0); var a2_4 = vec4<f32>(0.0); var a3_4 = vec4<f32>(0.0);
+    var a0_5 = vec4<f32>(0.0); var a1_5 = vec4<f32>(0.0); var a2_5 = vec4<f32>(0.0); var a3_5 = vec4<f32>(0.0);
+    var a0_6 = vec4<f32>(0.0); var a1_6 = vec4<f32>(0.0); var a2_6 = vec4<f32>(0.0); var a3_6 = vec4<f32>(0.0);
+    var a0_7 = vec4<f32>(0.0); var a1_7 = vec4<f32>(0.0); var a2_7 = vec4<f32>(0.0); var a3_7 = vec4<f32>(0.0);
     for (var c = 0u; c < C; c = c + 1u) {
         let x0 = x[xi];
         let x1 = x[xi + d1];
         let x2 = x[xi + d2];
         let x3 = x[xi + d3];
-        let w0 = w[wi];
+        let w0 = w[wi + 0u];
+        a0_0 = a0_0 + x0 * w0; a1_0 = a1_0 + x1 * w0; a2_0 = a2_0 + x2 * w0; a3_0 = a3_0 + x3 * w0;
         let w1 = w[wi + 1u];
-        a00 = a00 + x0 * w0; a10 = a10 + x1 * w0; a20 = a20 + x2 * w0; a30 = a30 + x3 * w0;
-        a01 = a01 + x0 * w1; a11 = a11 + x1 * w1; a21 = a21 + x2 * w1; a31 = a31 + x3 * w1;
-        if (WIDE) {
+        a0_1 = a0_1 + x0 * w1; a1_1 = a1_1 + x1 * w1; a2_1 = a2_1 + x2 * w1; a3_1 = a3_1 + x3 * w1;
+        if (Q >= 4u) {
             let w2 = w[wi + 2u];
+            a0_2 = a0_2 + x0 * w2; a1_2 = a1_2 + x1 * w2; a2_2 = a2_2 + x2 * w2; a3_2 = a3_2 + x3 * w2;
             let w3 = w[wi + 3u];
-            a02 = a02 + x0 * w2; a12 = a12 + x1 * w2; a22 = a22 + x2 * w2; a32 = a32 + x3 * w2;
-            a03 = a03 + x0 * w3; a13 = a13 + x1 * w3; a23 = a23 + x2 * w3; a33 = a33 + x3 * w3;
+            a0_3 = a0_3 + x0 * w3; a1_3 = a1_3 + x1 * w3; a2_3 = a2_3 + x2 * w3; a3_3 = a3_3 + x3 * w3;
+        }
+        if (Q >= 8u) {
+            let w4 = w[wi + 4u];
+            a0_4 = a0_4 + x0 * w4; a1_4 = a1_4 + x1 * w4; a2_4 = a2_4 + x2 * w4; a3_4 = a3_4 + x3 * w4;
+            let w5 = w[wi + 5u];
+            a0_5 = a0_5 + x0 * w5; a1_5 = a1_5 + x1 * w5; a2_5 = a2_5 + x2 * w5; a3_5 = a3_5 + x3 * w5;
+            let w6 = w[wi + 6u];
+            a0_6 = a0_6 + x0 * w6; a1_6 = a1_6 + x1 * w6; a2_6 = a2_6 + x2 * w6; a3_6 = a3_6 + x3 * w6;
+            let w7 = w[wi + 7u];
+            a0_7 = a0_7 + x0 * w7; a1_7 = a1_7 + x1 * w7; a2_7 = a2_7 + x2 * w7; a3_7 = a3_7 + x3 * w7;
         }
         xi = xi + HW;
-        wi = wi + q;
+        wi = wi + Q;
     }
-    let o = (prm(8) + lb) * q * 4u;
+    let o = (prm(8) + lb) * Q * 4u;
     let yi = (n * O + o) * HW + px;
-    store(yi, px, HW, a00, a10, a20, a30, bias4(o));
-    if (o + 4u < O) { store(yi + 4u * HW, px, HW, a01, a11, a21, a31, bias4(o + 4u)); }
-    if (WIDE) {
-        if (o + 8u < O) { store(yi + 8u * HW, px, HW, a02, a12, a22, a32, bias4(o + 8u)); }
-        if (o + 12u < O) { store(yi + 12u * HW, px, HW, a03, a13, a23, a33, bias4(o + 12u)); }
+    store(yi, px, HW, a0_0, a1_0, a2_0, a3_0, bias4(o));
+    if (o + 4u < O) { store(yi + 4u * HW, px, HW, a0_1, a1_1, a2_1, a3_1, bias4(o + 4u)); }
+    if (Q >= 4u) {
+        if (o + 8u < O) { store(yi + 8u * HW, px, HW, a0_2, a1_2, a2_2, a3_2, bias4(o + 8u)); }
+        if (o + 12u < O) { store(yi + 12u * HW, px, HW, a0_3, a1_3, a2_3, a3_3, bias4(o + 12u)); }
+    }
+    if (Q >= 8u) {
+        if (o + 16u < O) { store(yi + 16u * HW, px, HW, a0_4, a1_4, a2_4, a3_4, bias4(o + 16u)); }
+        if (o + 20u < O) { store(yi + 20u * HW, px, HW, a0_5, a1_5, a2_5, a3_5, bias4(o + 20u)); }
+        if (o + 24u < O) { store(yi + 24u * HW, px, HW, a0_6, a1_6, a2_6, a3_6, bias4(o + 24u)); }
+        if (o + 28u < O) { store(yi + 28u * HW, px, HW, a0_7, a1_7, a2_7, a3_7, bias4(o + 28u)); }
     }
 }
