@@ -14,9 +14,9 @@
 //!   its parameters from a uniform buffer at constant offsets; the pointwise, group-1 and
 //!   depthwise convolutions read their weights from 64 KiB uniform buffers (one step per
 //!   chunk of output channels that fits one) and compute several outputs per activation
-//!   load (4 pixels × 16 channels; 4 rows × 8 columns for depthwise, each input row read
-//!   once). Convolutions whose weights do not fit (grouped, or a 16 × C × KH × KW block
-//!   over 64 KiB even at 8 channels) keep the plain storage-buffer kernels.
+//!   load (4 pixels × up to 32 channels; 4 rows × 8 columns for depthwise, each input row read
+//!   once). Convolutions whose weights do not fit (grouped, or an 8 × C × KH × KW block
+//!   over 64 KiB) keep the plain storage-buffer kernels.
 //! * Weights are uploaded once at load time and shared by [`WgpuBackbone::fork`]ed
 //!   instances; activation buffers are allocated once per instance for the whole batch and
 //!   reused between nodes whose values are no longer needed. Per frame: one
