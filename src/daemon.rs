@@ -237,6 +237,8 @@ pub fn start_pipeline(
         size,
     )
     .map_err(|e| cfg_err(format!("inference.backbone: {e}")))?;
+    // The engine actually running (tract after a wgpu fallback).
+    tracing::info!(backend = first.kind().as_str(), "backbone engine");
     let mut backbones = Vec::with_capacity(config.inference.workers);
     for _ in 1..config.inference.workers {
         backbones.push(

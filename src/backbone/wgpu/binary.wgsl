@@ -9,21 +9,20 @@
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = element(gid, nwg);
-    if (idx >= p[0]) { return; }
-    var rest = idx;
-    var ia = 0u;
-    var ib = 0u;
-    for (var d = 3; d >= 0; d = d - 1) {
-        let dim = p[2 + d];
-        let c = rest % dim;
-        rest = rest / dim;
-        ia = ia + c * p[6 + d];
-        ib = ib + c * p[10 + d];
-    }
+    if (idx >= prm(0)) { return; }
+    // Unrolled over the 4 axes (constant parameter indices).
+    let c3 = idx % prm(5);
+    let r3 = idx / prm(5);
+    let c2 = r3 % prm(4);
+    let r2 = r3 / prm(4);
+    let c1 = r2 % prm(3);
+    let c0 = r2 / prm(3);
+    let ia = c0 * prm(6) + c1 * prm(7) + c2 * prm(8) + c3 * prm(9);
+    let ib = c0 * prm(10) + c1 * prm(11) + c2 * prm(12) + c3 * prm(13);
     let va = a[ia];
     let vb = b[ib];
     var r = 0.0;
-    switch (p[1]) {
+    switch (prm(1)) {
         case 0u: { r = va + vb; }
         case 1u: { r = va - vb; }
         case 2u: { r = va * vb; }
@@ -31,5 +30,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         case 4u: { r = max(va, vb); }
         default: { r = min(va, vb); }
     }
-    y[idx] = clamp_out(r, p[14], bitcast<f32>(p[15]), bitcast<f32>(p[16]));
+    y[idx] = clamp_out(r, prm(14), bitcast<f32>(prm(15)), bitcast<f32>(prm(16)));
 }

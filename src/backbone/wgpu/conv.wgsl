@@ -11,10 +11,10 @@
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = element(gid, nwg);
-    if (idx >= p[0]) { return; }
-    let C = p[1]; let H = p[2]; let W = p[3]; let O = p[4]; let OH = p[5]; let OW = p[6];
-    let KH = p[7]; let KW = p[8]; let SH = p[9]; let SW = p[10]; let DH = p[11]; let DW = p[12];
-    let PT = i32(p[13]); let PL = i32(p[14]); let G = p[15];
+    if (idx >= prm(0)) { return; }
+    let C = prm(1); let H = prm(2); let W = prm(3); let O = prm(4); let OH = prm(5); let OW = prm(6);
+    let KH = prm(7); let KW = prm(8); let SH = prm(9); let SW = prm(10); let DH = prm(11); let DW = prm(12);
+    let PT = i32(prm(13)); let PL = i32(prm(14)); let G = prm(15);
     let ox = idx % OW;
     let t = idx / OW;
     let oy = t % OH;
@@ -47,7 +47,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             }
         }
     }
-    if (p[16] == 1u) { acc = acc + bias[0]; }
-    if (p[16] == 2u) { acc = acc + bias[o]; }
-    y[idx] = clamp_out(acc, p[17], bitcast<f32>(p[18]), bitcast<f32>(p[19]));
+    if (prm(16) == 1u) { acc = acc + bias[0]; }
+    if (prm(16) == 2u) { acc = acc + bias[o]; }
+    y[idx] = clamp_out(acc, prm(17), bitcast<f32>(prm(18)), bitcast<f32>(prm(19)));
 }

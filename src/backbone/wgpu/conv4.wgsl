@@ -12,9 +12,9 @@
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = element(gid, nwg);
-    if (idx >= p[0]) { return; }
-    let C = p[1]; let H = p[2]; let W = p[3]; let O = p[4]; let OH = p[5]; let OW = p[6];
-    let KH = p[7]; let KW = p[8]; let SH = p[9]; let SW = p[10]; let DH = p[11]; let DW = p[12];
+    if (idx >= prm(0)) { return; }
+    let C = prm(1); let H = prm(2); let W = prm(3); let O = prm(4); let OH = prm(5); let OW = prm(6);
+    let KH = prm(7); let KW = prm(8); let SH = prm(9); let SW = prm(10); let DH = prm(11); let DW = prm(12);
     let ox = idx % OW;
     let t = idx / OW;
     let oy = t % OH;
@@ -22,8 +22,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let O4 = O / 4u;
     let ob = t2 % O4;
     let n = t2 / O4;
-    let iy0 = i32(oy * SH) - i32(p[13]);
-    let ix0 = i32(ox * SW) - i32(p[14]);
+    let iy0 = i32(oy * SH) - i32(prm(13));
+    let ix0 = i32(ox * SW) - i32(prm(14));
     // The kernel window clipped to the image, once.
     var ky0 = 0u;
     while (ky0 < KH && iy0 + i32(ky0 * DH) < 0) { ky0 = ky0 + 1u; }
@@ -47,11 +47,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
     let o = ob * 4u;
-    if (p[16] == 1u) { a = a + vec4<f32>(bias[0]); }
-    if (p[16] == 2u) { a = a + vec4<f32>(bias[o], bias[o + 1u], bias[o + 2u], bias[o + 3u]); }
-    let flags = p[17];
-    let lo = bitcast<f32>(p[18]);
-    let hi = bitcast<f32>(p[19]);
+    if (prm(16) == 1u) { a = a + vec4<f32>(bias[0]); }
+    if (prm(16) == 2u) { a = a + vec4<f32>(bias[o], bias[o + 1u], bias[o + 2u], bias[o + 3u]); }
+    let flags = prm(17);
+    let lo = bitcast<f32>(prm(18));
+    let hi = bitcast<f32>(prm(19));
     let plane = OH * OW;
     let yi = (n * O + o) * plane + oy * OW + ox;
     y[yi] = clamp_out(a.x, flags, lo, hi);

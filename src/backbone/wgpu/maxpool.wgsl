@@ -7,19 +7,19 @@
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = element(gid, nwg);
-    if (idx >= p[0]) { return; }
-    let C = p[1]; let H = p[2]; let W = p[3]; let OH = p[4]; let OW = p[5];
+    if (idx >= prm(0)) { return; }
+    let C = prm(1); let H = prm(2); let W = prm(3); let OH = prm(4); let OW = prm(5);
     let ox = idx % OW;
     let t = idx / OW;
     let oy = t % OH;
     let nc = t / OH;
     let base = nc * H * W;
     var m = -3.4028235e38;
-    for (var ky = 0u; ky < p[6]; ky = ky + 1u) {
-        let iy = i32(oy * p[8] + ky * p[10]) - i32(p[12]);
+    for (var ky = 0u; ky < prm(6); ky = ky + 1u) {
+        let iy = i32(oy * prm(8) + ky * prm(10)) - i32(prm(12));
         if (iy < 0 || iy >= i32(H)) { continue; }
-        for (var kx = 0u; kx < p[7]; kx = kx + 1u) {
-            let ix = i32(ox * p[9] + kx * p[11]) - i32(p[13]);
+        for (var kx = 0u; kx < prm(7); kx = kx + 1u) {
+            let ix = i32(ox * prm(9) + kx * prm(11)) - i32(prm(13));
             if (ix < 0 || ix >= i32(W)) { continue; }
             m = max(m, x[base + u32(iy) * W + u32(ix)]);
         }

@@ -8,6 +8,15 @@
 //!   reductions over contiguous axes (the global average pool), and shape-only ops as
 //!   aliases. Any other op is refused at load time: `unsupported op <name> (<op>) at node
 //!   <id>`.
+//! * Speed on lavapipe (llvmpipe runs 8 invocations per SIMD vector): a storage-buffer load
+//!   there is a loop over the lanes with a bounds-check branch each, a uniform-buffer load a
+//!   plain gather, and one at a constant offset a single scalar load. So every kernel reads
+//!   its parameters from a uniform buffer at constant offsets; the pointwise, group-1 and
+//!   depthwise convolutions read their weights from 64 KiB uniform buffers (one step per
+//!   chunk of output channels that fits one) and compute several outputs per activation
+//!   load (4 pixels × up to 32 channels; 4 rows × 8 columns for depthwise, each input row read
+//!   once). Convolutions whose weights do not fit (grouped, or an 8 × C × KH × KW block
+//!   over 64 KiB) keep the plain storage-buffer kernels.
 //! * Weights are uploaded once at load time and shared by [`WgpuBackbone::fork`]ed
 //!   instances; activation buffers are allocated once per instance for the whole batch and
 //!   reused between nodes whose values are no longer needed. Per frame: one
@@ -42,18 +51,66 @@ enum Kernel {
     Reduce = 3,
     /// Convolution, one group, 4 output channels per invocation.
     Conv4 = 4,
-    /// 1×1 stride-1 unpadded convolution, one group, 4 output channels per invocation.
+    /// 1×1 stride-1 unpadded convolution, one group: 4 pixels × 16 output channels per
+    /// invocation, weights in a uniform buffer (one step per chunk of output channels).
     Pointwise = 5,
+    /// The same with 8 output channels per invocation (more input channels per chunk).
+    Pointwise8 = 6,
+    /// Depthwise convolution: 8 outputs of a row per invocation, weights in a uniform buffer.
+    Depthwise = 7,
+    /// Convolution, one group: 4 pixels × 16 output channels per invocation, weights in a
+    /// uniform buffer.
+    Direct = 8,
+    /// The same with 8 output channels per invocation.
+    Direct8 = 9,
+    /// Pointwise with 32 output channels per invocation (input channels ≤ 512).
+    Pointwise32 = 10,
 }
 
-const KERNELS: [(Kernel, &str); 6] = [
-    (Kernel::Conv, include_str!("conv.wgsl")),
-    (Kernel::Binary, include_str!("binary.wgsl")),
-    (Kernel::MaxPool, include_str!("maxpool.wgsl")),
-    (Kernel::Reduce, include_str!("reduce.wgsl")),
-    (Kernel::Conv4, include_str!("conv4.wgsl")),
-    (Kernel::Pointwise, include_str!("pointwise.wgsl")),
+/// Kernel, source, values of its WGSL override constants (output channels per invocation:
+/// `WIDE` 16 rather than 8, `Q` quads of 4).
+type KernelSpec = (Kernel, &'static str, &'static [(&'static str, f64)]);
+
+const KERNELS: [KernelSpec; 11] = [
+    (Kernel::Conv, include_str!("conv.wgsl"), &[]),
+    (Kernel::Binary, include_str!("binary.wgsl"), &[]),
+    (Kernel::MaxPool, include_str!("maxpool.wgsl"), &[]),
+    (Kernel::Reduce, include_str!("reduce.wgsl"), &[]),
+    (Kernel::Conv4, include_str!("conv4.wgsl"), &[]),
+    (
+        Kernel::Pointwise,
+        include_str!("pointwise.wgsl"),
+        &[("Q", 4.0)],
+    ),
+    (
+        Kernel::Pointwise8,
+        include_str!("pointwise.wgsl"),
+        &[("Q", 2.0)],
+    ),
+    (Kernel::Depthwise, include_str!("depthwise.wgsl"), &[]),
+    (
+        Kernel::Direct,
+        include_str!("direct.wgsl"),
+        &[("WIDE", 1.0)],
+    ),
+    (
+        Kernel::Direct8,
+        include_str!("direct.wgsl"),
+        &[("WIDE", 0.0)],
+    ),
+    (
+        Kernel::Pointwise32,
+        include_str!("pointwise.wgsl"),
+        &[("Q", 8.0)],
+    ),
 ];
+
+/// Floats in one uniform weight buffer (`array<vec4<f32>, 4096>` in the kernels: 64 KiB, the
+/// WebGPU default `max_uniform_buffer_binding_size`).
+const UNIFORM_FLOATS: usize = 16_384;
+
+/// u32 parameters per step (`array<vec4<u32>, 8>` uniform in kernels.wgsl).
+const PARAMS: usize = 32;
 
 /// A storage buffer a step binds: an activation (per instance) or a weight (shared).
 #[derive(Debug, Clone, Copy)]
@@ -355,7 +412,7 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
     let mut weights: Vec<Vec<f32>> = Vec::new();
     let mut uploaded: HashMap<OutletId, usize> = HashMap::new();
     // Step that wrote a value (for fusing a following clamp into it).
-    let mut producer: HashMap<OutletId, usize> = HashMap::new();
+    let mut producer: HashMap<OutletId, Vec<usize>> = HashMap::new();
     let mut input = None;
 
     for &id in &order {
@@ -400,7 +457,7 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
         let op = node.op();
         // Values to alias instead of computing (shape-only ops, fused clamps).
         let mut alias: Option<usize> = None;
-        let mut step: Option<Step> = None;
+        let mut new_steps: Vec<Step> = Vec::new();
 
         if op.downcast_ref::<TypedSource>().is_some() {
             let b = alloc.take(out_elems as u64, uses(out));
@@ -432,102 +489,190 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
             };
             let wb =
                 upload(&mut weights, &mut uploaded, node.inputs[2], bias).map_err(&unsupported)?;
-            // One group and O % 4 == 0: 4 output channels per invocation, weights packed
-            // [O/4][C][KH·KW] × 4.
+            let kv = k
+                .cast_to::<f32>()
+                .and_then(|t| {
+                    Ok(t.to_plain_array_view::<f32>()?
+                        .iter()
+                        .copied()
+                        .collect::<Vec<f32>>())
+                })
+                .map_err(|e| unsupported(format!("{e:#}")))?;
+            let kk = g[0] * g[1];
+            let (n, h, w) = (in_dims[0], in_dims[2], in_dims[3]);
             let by4 = conv.group == 1 && o % 4 == 0;
             let pointwise = by4
                 && g[0] == 1
                 && g[1] == 1
                 && g[2] == 1
                 && g[3] == 1
-                && g[8] == in_dims[2]
-                && g[9] == in_dims[3]
+                && g[8] == h
+                && g[9] == w
                 && g[6] == 0
                 && g[7] == 0;
-            let wk = if by4 {
-                let kv = k
-                    .cast_to::<f32>()
-                    .and_then(|t| {
-                        Ok(t.to_plain_array_view::<f32>()?
-                            .iter()
-                            .copied()
-                            .collect::<Vec<f32>>())
-                    })
-                    .map_err(|e| unsupported(format!("{e:#}")))?;
-                let kk = g[0] * g[1];
-                let mut packed = vec![0.0f32; kv.len()];
-                for ob in 0..o / 4 {
-                    for ci in 0..c {
-                        for t in 0..kk {
-                            for j in 0..4 {
-                                packed[((ob * c + ci) * kk + t) * 4 + j] =
-                                    kv[((ob * 4 + j) * c + ci) * kk + t];
+            let depthwise = conv.group == c
+                && o == c
+                && g[4] == 1
+                && g[5] == 1
+                && (g[3] == 1 || g[3] == 2)
+                && kk <= UNIFORM_FLOATS;
+            // Output channels per invocation of the uniform-weight kernels: the most (32 for
+            // pointwise, else 16; then 8) whose block of weights fits a uniform buffer.
+            let sizes: &[usize] = if pointwise { &[32, 16, 8] } else { &[16, 8] };
+            let block = sizes
+                .iter()
+                .copied()
+                .find(|&s| by4 && c * kk * s <= UNIFORM_FLOATS && (s <= o || s == 8));
+            let to_u32 = |v: &[usize]| {
+                v.iter()
+                    .map(|&v| u32::try_from(v))
+                    .collect::<Result<Vec<u32>, _>>()
+                    .map_err(|_| unsupported("dimension too large".into()))
+            };
+            if depthwise {
+                // Chunks of channels, weights [channel][KH][KW] in a uniform buffer each.
+                let per = UNIFORM_FLOATS / kk;
+                let ow8 = g[9].div_ceil(8);
+                for c0 in (0..c).step_by(per) {
+                    let nc = per.min(c - c0);
+                    let mut chunk = vec![0.0f32; UNIFORM_FLOATS];
+                    chunk[..nc * kk].copy_from_slice(&kv[c0 * kk..(c0 + nc) * kk]);
+                    weights.push(chunk);
+                    let cnt = n * nc * g[8].div_ceil(4) * ow8;
+                    let params = to_u32(&[
+                        cnt, c, h, w, g[8], g[9], g[0], g[1], g[2], g[3], g[6], g[7], c0, nc,
+                        bias_mode, 0, 0, 0,
+                    ])?;
+                    new_steps.push(Step {
+                        kernel: Kernel::Depthwise,
+                        clamp_at: Some(15),
+                        count: params[0],
+                        params,
+                        slots: vec![
+                            Slot::Act(*x),
+                            Slot::Weight(weights.len() - 1),
+                            Slot::Weight(wb),
+                        ],
+                    });
+                }
+            } else if let Some(s) = block {
+                // Blocks of `s` output channels (zero weights past O), as many blocks per
+                // uniform buffer as fit; weights [block][C][KH][KW][s].
+                let blocks = o.div_ceil(s);
+                let per = UNIFORM_FLOATS / (c * kk * s);
+                for b0 in (0..blocks).step_by(per) {
+                    let nb = per.min(blocks - b0);
+                    let mut chunk = vec![0.0f32; UNIFORM_FLOATS];
+                    for lb in 0..nb {
+                        for ci in 0..c {
+                            for t in 0..kk {
+                                for j in 0..s {
+                                    let oc = (b0 + lb) * s + j;
+                                    if oc < o {
+                                        chunk[((lb * c + ci) * kk + t) * s + j] =
+                                            kv[(oc * c + ci) * kk + t];
+                                    }
+                                }
                             }
                         }
                     }
-                }
-                weights.push(packed);
-                weights.len() - 1
-            } else {
-                upload(&mut weights, &mut uploaded, node.inputs[1], k).map_err(&unsupported)?
-            };
-            let p = [
-                count as usize,
-                c,
-                in_dims[2],
-                in_dims[3],
-                o,
-                g[8],
-                g[9],
-                g[0],
-                g[1],
-                g[2],
-                g[3],
-                g[4],
-                g[5],
-                g[6],
-                g[7],
-                conv.group,
-                bias_mode,
-                0,
-                0,
-                0,
-            ];
-            let params = p
-                .iter()
-                .map(|&v| u32::try_from(v))
-                .collect::<Result<Vec<u32>, _>>()
-                .map_err(|_| unsupported("dimension too large".into()))?;
-            let slots = vec![Slot::Act(*x), Slot::Weight(wk), Slot::Weight(wb)];
-            step = Some(if pointwise {
-                let hw = in_dims[2] * in_dims[3];
-                let n4 = (in_dims[0] * (o / 4) * hw.div_ceil(4)) as u32;
-                Step {
-                    kernel: Kernel::Pointwise,
-                    clamp_at: Some(5),
-                    params: vec![n4, c as u32, hw as u32, o as u32, bias_mode as u32, 0, 0, 0],
-                    slots,
-                    count: n4,
-                }
-            } else if by4 {
-                let mut params = params;
-                params[0] = count / 4;
-                Step {
-                    kernel: Kernel::Conv4,
-                    clamp_at: Some(17),
-                    params,
-                    slots,
-                    count: count / 4,
+                    weights.push(chunk);
+                    let slots = vec![
+                        Slot::Act(*x),
+                        Slot::Weight(weights.len() - 1),
+                        Slot::Weight(wb),
+                    ];
+                    let wide = s == 16;
+                    new_steps.push(if pointwise {
+                        let cnt = n * nb * (h * w).div_ceil(4);
+                        let params = to_u32(&[cnt, c, h * w, o, bias_mode, 0, 0, 0, b0, nb])?;
+                        Step {
+                            kernel: match s {
+                                32 => Kernel::Pointwise32,
+                                16 => Kernel::Pointwise,
+                                _ => Kernel::Pointwise8,
+                            },
+                            clamp_at: Some(5),
+                            count: params[0],
+                            params,
+                            slots,
+                        }
+                    } else {
+                        let cnt = n * nb * g[8] * g[9].div_ceil(4);
+                        let params = to_u32(&[
+                            cnt, c, h, w, o, g[8], g[9], g[0], g[1], g[2], g[3], g[4], g[5], g[6],
+                            g[7], b0, bias_mode, 0, 0, 0, nb,
+                        ])?;
+                        Step {
+                            kernel: if wide {
+                                Kernel::Direct
+                            } else {
+                                Kernel::Direct8
+                            },
+                            clamp_at: Some(17),
+                            count: params[0],
+                            params,
+                            slots,
+                        }
+                    });
                 }
             } else {
-                Step {
-                    kernel: Kernel::Conv,
+                // Weights too large for a uniform buffer per block, or groups: the plain
+                // storage-buffer kernels.
+                let wk = if by4 {
+                    let mut packed = vec![0.0f32; kv.len()];
+                    for ob in 0..o / 4 {
+                        for ci in 0..c {
+                            for t in 0..kk {
+                                for j in 0..4 {
+                                    packed[((ob * c + ci) * kk + t) * 4 + j] =
+                                        kv[((ob * 4 + j) * c + ci) * kk + t];
+                                }
+                            }
+                        }
+                    }
+                    weights.push(packed);
+                    weights.len() - 1
+                } else {
+                    upload(&mut weights, &mut uploaded, node.inputs[1], k).map_err(&unsupported)?
+                };
+                let mut params = to_u32(&[
+                    count as usize,
+                    c,
+                    h,
+                    w,
+                    o,
+                    g[8],
+                    g[9],
+                    g[0],
+                    g[1],
+                    g[2],
+                    g[3],
+                    g[4],
+                    g[5],
+                    g[6],
+                    g[7],
+                    conv.group,
+                    bias_mode,
+                    0,
+                    0,
+                    0,
+                ])?;
+                let slots = vec![Slot::Act(*x), Slot::Weight(wk), Slot::Weight(wb)];
+                let kernel = if by4 {
+                    params[0] = count / 4;
+                    Kernel::Conv4
+                } else {
+                    Kernel::Conv
+                };
+                new_steps.push(Step {
+                    kernel,
                     clamp_at: Some(17),
+                    count: params[0],
                     params,
                     slots,
-                    count,
-                }
-            });
+                });
+            }
         } else if let Some(bin) = op.downcast_ref::<TypedBinOp>() {
             let name = bin.0.name();
             let code = match name {
@@ -552,9 +697,9 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                         let c = t
                             .cast_to_scalar::<f32>()
                             .map_err(|e| unsupported(format!("{e:#}")))?;
-                        if let Some(&s) = producer.get(&src) {
+                        if let Some(ps) = producer.get(&src).cloned() {
                             let single = uses(src) == 1;
-                            let st = &mut steps[s];
+                            let st = &steps[ps[0]];
                             if let (true, Some(at)) = (single, st.clamp_at) {
                                 let flags = st.params[at];
                                 let lo = f32::from_bits(st.params[at + 1]);
@@ -566,11 +711,15 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                                 };
                                 let nflags = flags | if code == 4 { 1 } else { 2 };
                                 if nflags != 3 || nlo <= nhi {
-                                    st.params[at] = nflags;
-                                    st.params[at + 1] = nlo.to_bits();
-                                    st.params[at + 2] = nhi.to_bits();
+                                    // Every chunk step of the producer gets the clamp.
+                                    for &s in &ps {
+                                        let st = &mut steps[s];
+                                        st.params[at] = nflags;
+                                        st.params[at + 1] = nlo.to_bits();
+                                        st.params[at + 2] = nhi.to_bits();
+                                    }
                                     alias = Some(*b);
-                                    producer.insert(out, s);
+                                    producer.insert(out, ps);
                                 }
                             }
                         }
@@ -602,7 +751,7 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                     });
                 }
                 params.extend([0, 0, 0]);
-                step = Some(Step {
+                new_steps.push(Step {
                     kernel: Kernel::Binary,
                     clamp_at: Some(14),
                     params,
@@ -635,7 +784,7 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                 g[6],
                 g[7],
             ];
-            step = Some(Step {
+            new_steps.push(Step {
                 kernel: Kernel::MaxPool,
                 clamp_at: None,
                 params: p.iter().map(|&v| v as u32).collect(),
@@ -663,7 +812,7 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
             };
             let r: usize = in_dims[first..=last].iter().product();
             let inner: usize = in_dims[last + 1..].iter().product();
-            step = Some(Step {
+            new_steps.push(Step {
                 kernel: Kernel::Reduce,
                 clamp_at: None,
                 params: vec![count, r as u32, inner as u32, code],
@@ -679,9 +828,9 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                 return Err(unsupported("constant input".into()));
             };
             alias = Some(*x);
-            if let Some(&s) = producer.get(&node.inputs[0]) {
+            if let Some(ps) = producer.get(&node.inputs[0]).cloned() {
                 if uses(node.inputs[0]) == 1 {
-                    producer.insert(out, s);
+                    producer.insert(out, ps);
                 }
             }
         } else {
@@ -691,11 +840,14 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
         if let Some(b) = alias {
             alloc.pending[b] += uses(out);
             vals.insert(out, Val::Act(b));
-        } else if let Some(mut st) = step {
+        } else if !new_steps.is_empty() {
             let b = alloc.take(out_elems as u64, uses(out));
-            st.slots.push(Slot::Act(b));
-            producer.insert(out, steps.len());
-            steps.push(st);
+            let first = steps.len();
+            for mut st in new_steps {
+                st.slots.push(Slot::Act(b));
+                steps.push(st);
+            }
+            producer.insert(out, (first..steps.len()).collect());
             vals.insert(out, Val::Act(b));
         }
         for v in &ins {
@@ -703,6 +855,13 @@ fn compile(model: &TypedModel) -> Result<Program, String> {
                 alloc.release(*b);
             }
         }
+    }
+    if let Some(st) = steps.iter().find(|s| s.params.len() > PARAMS) {
+        return Err(format!(
+            "{:?} step with {} parameters",
+            st.kernel,
+            st.params.len()
+        ));
     }
     let mut outputs = Vec::new();
     for o in &model_outputs {
@@ -772,6 +931,13 @@ impl WgpuBackbone {
                 "a {biggest}-byte buffer exceeds the adapter's limits (lower the batch)"
             )));
         }
+        if limits.max_uniform_buffer_binding_size < (UNIFORM_FLOATS * 4) as u64 {
+            return Err(unsupported(format!(
+                "the adapter's uniform buffers hold {} bytes, the kernels need {}",
+                limits.max_uniform_buffer_binding_size,
+                UNIFORM_FLOATS * 4
+            )));
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vigil"),
             required_limits: limits,
@@ -794,7 +960,7 @@ impl WgpuBackbone {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipelines = KERNELS
             .iter()
-            .map(|(k, src)| {
+            .map(|(k, src, constants)| {
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(&format!("{k:?}")),
                     source: wgpu::ShaderSource::Wgsl(
@@ -806,7 +972,10 @@ impl WgpuBackbone {
                     layout: None,
                     module: &module,
                     entry_point: Some("main"),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
                     cache: None,
                 })
             })
@@ -819,7 +988,8 @@ impl WgpuBackbone {
                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("weight"),
                     contents: &f32_bytes(w),
-                    usage: wgpu::BufferUsages::STORAGE,
+                    // Storage for the plain kernels, uniform for the chunked ones.
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
                 })
             })
             .collect();
@@ -827,10 +997,12 @@ impl WgpuBackbone {
             .steps
             .iter()
             .map(|s| {
+                let mut p = s.params.clone();
+                p.resize(PARAMS, 0);
                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("params"),
-                    contents: &u32_bytes(&s.params),
-                    usage: wgpu::BufferUsages::STORAGE,
+                    contents: &u32_bytes(&p),
+                    usage: wgpu::BufferUsages::UNIFORM,
                 })
             })
             .collect();

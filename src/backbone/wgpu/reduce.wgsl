@@ -6,21 +6,21 @@
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = element(gid, nwg);
-    if (idx >= p[0]) { return; }
-    let R = p[1];
-    let inner = p[2];
+    if (idx >= prm(0)) { return; }
+    let R = prm(1);
+    let inner = prm(2);
     let o = idx / inner;
     let i = idx % inner;
     let base = o * R * inner + i;
     var acc = x[base];
     for (var r = 1u; r < R; r = r + 1u) {
         let v = x[base + r * inner];
-        switch (p[3]) {
+        switch (prm(3)) {
             case 1u: { acc = max(acc, v); }
             case 2u: { acc = min(acc, v); }
             default: { acc = acc + v; }
         }
     }
-    if (p[3] == 3u) { acc = acc / f32(R); }
+    if (prm(3) == 3u) { acc = acc / f32(R); }
     y[idx] = acc;
 }
