@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
@@ -55,34 +54,9 @@ update_interval_s = 0.5
     path
 }
 
-/// A daemon killed when the test ends, also by a failed assertion (no stray `vigil run`).
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// `vigil run --config <config>` with extra environment, stderr appended to `<config>.log`.
 fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.with_extension("log"))
-        .expect("log file");
-    let mut cmd = Command::new(vigil_bin());
-    cmd.args(["run", "--config", config.to_str().expect("utf8")])
-        .env("VIGIL_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Daemon(cmd.spawn().expect("spawn vigil"))
+    spawn_daemon_with_env(config, &config.with_extension("log"), env)
 }
 
 fn log_of(config: &Path) -> String {
@@ -165,8 +139,8 @@ fn the_daemon_runs_on_wgpu_and_publishes_events_and_state() {
     );
     assert!(!log.contains("falling back to tract"), "{log}");
 
-    signal(&daemon.0, "TERM");
-    let status = daemon.0.wait().expect("wait");
+    signal(&daemon, "TERM");
+    let status = daemon.wait().expect("wait");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
 
@@ -204,8 +178,8 @@ fn without_an_adapter_the_daemon_falls_back_to_tract_or_refuses_to_start() {
         "{log}"
     );
     assert!(!log.contains("wgpu backbone loaded"), "{log}");
-    signal(&daemon.0, "TERM");
-    let status = daemon.0.wait().expect("wait");
+    signal(&daemon, "TERM");
+    let status = daemon.wait().expect("wait");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 
     // fallback_to_tract = false: refuses to start with the configuration exit code and a
@@ -227,7 +201,7 @@ fn without_an_adapter_the_daemon_falls_back_to_tract_or_refuses_to_start() {
     let mut child = spawn_with_env(&strict, &NO_VULKAN);
     let t0 = Instant::now();
     let status = loop {
-        if let Some(s) = child.0.try_wait().expect("try_wait") {
+        if let Some(s) = child.try_wait().expect("try_wait") {
             break s;
         }
         if t0.elapsed() > Duration::from_secs(60) {

@@ -271,19 +271,25 @@ pub fn spawn_daemon(config: &Path) -> Daemon {
 
 /// Start `vigil run`, its log appended to `log` (a file: a pipe nobody reads could fill up).
 pub fn spawn_daemon_logging(config: &Path, log: &Path) -> Daemon {
+    spawn_daemon_with_env(config, log, &[])
+}
+
+/// Start `vigil run` with extra environment variables, its log appended to `log`.
+pub fn spawn_daemon_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(vigil_bin())
-        .args(["run", "--config", config.to_str().expect("utf8")])
+    let mut cmd = Command::new(vigil_bin());
+    cmd.args(["run", "--config", config.to_str().expect("utf8")])
         .env("VIGIL_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .spawn()
-        .map(Daemon)
-        .expect("spawn vigil")
+        .stderr(Stdio::from(file));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().map(Daemon).expect("spawn vigil")
 }
 
 pub fn signal(child: &Child, sig: &str) {
