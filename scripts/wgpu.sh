@@ -4,9 +4,10 @@
 # with `--features wgpu`, the parity tests against tract (tests/wgpu_parity.rs) and the
 # daemon test with `backend = "wgpu"` against a real mosquitto (tests/wgpu_daemon.rs).
 # Measured on the 2-core dev VM (shared with other builds, load average ~4-5): the feature's
-# dependency build from a target dir warm for the default build ~12.5 min (wgpu-core, naga,
-# and the crates whose feature set wgpu changes, tract included, are built a second time);
-# clippy ~2 min; wgpu_parity 5 min 10-20 s on lavapipe (Lite0 at ~0.4-0.5 s/frame; ~5 min
+# dependency build from a target dir warm for the default build = wgpu's own crates only
+# (wgpu-core, naga, wgpu-hal, ash, glow…): Cargo.toml enables in the default build the
+# features wgpu turns on in shared crates, so tract is not built a second time (it was:
+# ~12.5 min); clippy ~2 min; wgpu_parity 5 min 10-20 s on lavapipe (Lite0 at ~0.4-0.5 s/frame; ~5 min
 # of it the AUROC parity on half of magnetic_tile, 300 train + 248 test images, both
 # backends); wgpu_daemon ~25-30 s.
 #   VIGIL_SHARED   reference data folder (default: ../shared beside the repo)
