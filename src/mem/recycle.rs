@@ -35,6 +35,10 @@ pub const DEFAULT_CACHE_MB: usize = 32;
 pub const SLOTS: usize = 128;
 /// A size class not used for this many large allocations/frees is evicted.
 pub const STALE_OPS: u64 = 1 << 14;
+/// A miss is served from a cached block of another size only if that differs by at most
+/// 1/`NEAR_FRACTION` of the request (resized by `mremap`): reshaping blocks of far-off sizes
+/// discards or faults in more pages than a fresh mapping saves.
+pub const NEAR_FRACTION: usize = 4;
 /// Most chains evicted (then unmapped outside the lock) in one operation.
 const MAX_VICTIMS: usize = 16;
 
@@ -198,21 +202,40 @@ impl Recycle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pops a cached block of exactly `size` (page-rounded) bytes.
+    /// A cached block resized to exactly `size` (page-rounded) bytes: one of that size if
+    /// cached, else the cached block closest in size (within 1/[`NEAR_FRACTION`]), shrunk or grown in place by `mremap`
+    /// (its resident pages are kept, only a grown tail faults in fresh zero pages).
     fn pop(&self, size: usize) -> Option<NonNull<u8>> {
-        let mut st = self.lock();
-        st.clock += 1;
-        let now = st.clock;
-        let i = st.slots.iter().position(|s| s.size == size)?;
-        let s = &mut st.slots[i];
-        s.stamp = now;
-        let p = NonNull::new(s.head)?;
-        // SAFETY: `p` is the head of this slot's free list, a mapped block of `size` bytes
-        // whose first word holds the next pointer (written by `push`).
-        s.head = unsafe { p.as_ptr().cast::<*mut u8>().read() };
-        s.count -= 1;
-        st.cached -= size;
-        Some(p)
+        let (p, old) = {
+            let mut st = self.lock();
+            st.clock += 1;
+            let now = st.clock;
+            let exact = st.slots.iter().position(|s| s.size == size);
+            if let Some(i) = exact {
+                st.slots[i].stamp = now;
+            }
+            let i = match exact.filter(|&i| st.slots[i].count > 0) {
+                Some(i) => i,
+                None => (0..SLOTS)
+                    .filter(|&i| st.slots[i].count > 0)
+                    .filter(|&i| st.slots[i].size.abs_diff(size) <= size / NEAR_FRACTION)
+                    .min_by_key(|&i| st.slots[i].size.abs_diff(size))?,
+            };
+            let s = &mut st.slots[i];
+            let p = NonNull::new(s.head)?;
+            // SAFETY: `p` is the head of this slot's free list, a mapped block of `s.size`
+            // bytes whose first word holds the next pointer (written by `push`).
+            s.head = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+            s.count -= 1;
+            let old = s.size;
+            st.cached -= old;
+            (p, old)
+        };
+        if old == size {
+            return Some(p);
+        }
+        // SAFETY: `p`/`old` is one mapping made by `map`, unlinked from the cache, ours alone.
+        unsafe { remap(p.as_ptr(), old, size) }
     }
 
     /// Returns a freed block of `size` (page-rounded) bytes to the cache, or unmaps it.
@@ -313,6 +336,26 @@ fn map(size: usize) -> Option<NonNull<u8>> {
         return None;
     }
     NonNull::new(p.cast::<u8>())
+}
+
+/// Resizes the mapping `p`/`old` to `new` bytes (possibly moving it); on failure the old
+/// mapping is unmapped and a fresh one made.
+///
+/// # Safety
+/// `p`/`old` must be one mapping made by [`map`] (or this function), used by no one else.
+unsafe fn remap(p: *mut u8, old: usize, new: usize) -> Option<NonNull<u8>> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: per this function's contract; MREMAP_MAYMOVE lets the kernel relocate the
+        // pages, and nothing holds pointers into the block.
+        let q = unsafe { libc::mremap(p.cast(), old, new, libc::MREMAP_MAYMOVE) };
+        if q != libc::MAP_FAILED {
+            return NonNull::new(q.cast::<u8>());
+        }
+    }
+    // SAFETY: per this function's contract.
+    unsafe { unmap(p, old) };
+    map(new)
 }
 
 /// # Safety
@@ -441,7 +484,11 @@ mod tests {
         for i in 0..n {
             // SAFETY: test blocks are at least `n` bytes.
             let b = unsafe { *p.add(i) };
-            assert_eq!(b, tag.wrapping_add((i % 251) as u8), "corrupted at {i} of {n}");
+            assert_eq!(
+                b,
+                tag.wrapping_add((i % 251) as u8),
+                "corrupted at {i} of {n}"
+            );
         }
     }
 
@@ -573,6 +620,35 @@ mod tests {
             assert!(s.iter().all(|&b| b == 0), "recycled block not zeroed");
             a.dealloc(q, l2);
         }
+    }
+
+    #[test]
+    fn near_size_miss_reuses_block_by_remap() {
+        let mb = 1024 * 1024;
+        let a = Recycle::with_cap_bytes(8 * mb);
+        let l = Layout::from_size_align(mb, 64).expect("layout");
+        let bigger = Layout::from_size_align(mb + 3 * PAGE + 5, 64).expect("layout");
+        let far = Layout::from_size_align(4 * mb, 64).expect("layout");
+        // SAFETY: valid layouts; each freed with its own.
+        unsafe {
+            let p = a.alloc(l);
+            fill(p, l.size(), 3);
+            a.dealloc(p, l);
+            // far-off size: not taken from the 1 MiB block
+            let f = a.alloc(far);
+            assert_eq!(a.cached_bytes(), mb);
+            a.dealloc(f, far);
+            // near size: the cached 1 MiB block is grown, then zeroed
+            let q = a.alloc_zeroed(bigger);
+            assert_eq!(a.cached_bytes(), 4 * mb, "near block not reused");
+            let s = std::slice::from_raw_parts(q, bigger.size());
+            assert!(s.iter().all(|&b| b == 0), "remapped block not zeroed");
+            fill(q, bigger.size(), 9);
+            check(q, bigger.size(), 9);
+            a.dealloc(q, bigger);
+        }
+        a.release();
+        assert_eq!(a.cached_bytes(), 0);
     }
 
     #[test]
