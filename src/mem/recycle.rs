@@ -556,7 +556,7 @@ mod tests {
                             let size = SIZES[(rng.next() as usize) % SIZES.len()];
                             let align = ALIGNS[(rng.next() as usize) % ALIGNS.len()];
                             let l = Layout::from_size_align(size, align).expect("layout");
-                            let zero = rng.next() % 2 == 0;
+                            let zero = rng.next().is_multiple_of(2);
                             // SAFETY: non-zero size.
                             let p = unsafe {
                                 if zero {
