@@ -11,13 +11,15 @@
 //! [`Recycle`] wraps [`System`]: small (< [`LARGE_MIN`]) and over-aligned (> [`PAGE`])
 //! requests go to `System` unchanged. Large ones are rounded up to whole pages and served from
 //! exact-size free lists of `mmap`'d blocks (intrusive: a freed block stores the next pointer
-//! in its first word), else a fresh `mmap`. A freed large block goes back to its size's list
+//! in its first word), else from a cached block within 1/[`NEAR_FRACTION`] of the size,
+//! resized by `mremap` (its resident pages kept), else a fresh `mmap`. A freed large block goes back to its size's list
 //! while the cached bytes stay under the cap (default [`DEFAULT_CACHE_MB`] MiB, environment
 //! variable `VIGIL_ALLOC_CACHE_MB` read once at the first large request; `0` disables the
 //! cache), otherwise it is `munmap`ped. The table has [`SLOTS`] size classes, each with a
 //! last-used stamp: sizes that stop recurring (model loading, odd JPEG sizes) are evicted
 //! after [`STALE_OPS`] large operations, and under cap pressure the least recently used size
-//! goes first, so the cache follows the per-frame working set.
+//! goes first, so the cache follows the per-frame working set. Exact sizes alone needed a
+//! ~64 MiB cache to keep frames/s (and then saved no RSS), hence the near-size reuse.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::{self, NonNull};
