@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+/// Large blocks (tract's per-frame activations) from recycled mappings instead of glibc's
+/// heap, which fragments under them; see `vigil::mem::recycle`.
+#[global_allocator]
+static ALLOC: vigil::mem::recycle::GlobalRecycle = vigil::mem::recycle::GlobalRecycle;
+
 use vigil::artifact::{Artifact, ArtifactMeta};
 use vigil::backbone::{
     file_sha256, AdapterChoice, AnyBackbone, Backbone, BackendKind, BackendOptions,

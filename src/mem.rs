@@ -1,10 +1,14 @@
 //! Process memory housekeeping.
 
+pub mod recycle;
+
 /// Returns the heap's free pages to the OS (glibc `malloc_trim`): loading an ONNX model
 /// and fitting a DFKDE allocate hundreds of MB transiently, and glibc keeps freed memory
 /// in the process (resident) otherwise. Cheap (a few ms); call after such phases, never per
-/// frame. A no-op on other C libraries.
+/// frame. A no-op on other C libraries. Also unmaps the large-block cache of
+/// [`recycle::RECYCLE`] (when the binary installs it as the global allocator).
 pub fn release_free_heap() {
+    recycle::release_cache();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim only walks glibc's own allocator state under its arena
