@@ -446,19 +446,26 @@ pub static RECYCLE: Recycle = Recycle::new();
 pub struct GlobalRecycle;
 
 // SAFETY: delegates every call to the one static `RECYCLE` (see its impl).
+// `inline(never)`: every allocation and drop site calls these; under ThinLTO their bodies
+// (the size test, the calls into glibc or the cache) were inlined into each site: the
+// aarch64 release binary is 328 KB smaller with them out of line (26,703,632 → 26,375,952 B).
 unsafe impl GlobalAlloc for GlobalRecycle {
+    #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: same contract.
         unsafe { RECYCLE.alloc(layout) }
     }
+    #[inline(never)]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: same contract.
         unsafe { RECYCLE.alloc_zeroed(layout) }
     }
+    #[inline(never)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: same contract.
         unsafe { RECYCLE.dealloc(ptr, layout) }
     }
+    #[inline(never)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: same contract.
         unsafe { RECYCLE.realloc(ptr, layout, new_size) }
