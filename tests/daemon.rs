@@ -49,41 +49,7 @@ const LOOP: (&str, &str) = ("loop = false", "loop = true");
 const MIN_FRAMES_30: (&str, &str) = ("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
 
 fn write_config(root: &Path, port: u16, frames: &Path, extra_camera: &str) -> PathBuf {
-    let text = format!(
-        r#"
-node = "testnode"
-state_dir = "{state}"
-runtime_dir = "{run}"
-[inference]
-backbone = "{bb}"
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-keep_alive_s = 5
-state_interval_s = 1
-[health]
-interval_s = 1
-[[camera]]
-id = "cam1"
-{extra_camera}
-[camera.source]
-type = "folder"
-path = "{frames}"
-fps = 10
-loop = false
-[camera.detector]
-start_frames = 2
-end_frames = 3
-min_event_gap_s = 0
-update_interval_s = 0.5
-"#,
-        state = root.join("state").display(),
-        run = root.join("run").display(),
-        bb = common::repo_path("models/efficientnet_lite0_pooled.onnx").display(),
-        frames = frames.display(),
-    );
-    let path = root.join("vigil.toml");
-    std::fs::write(&path, text).expect("config");
-    path
+    write_folder_config(root, port, frames, "testnode", "", extra_camera, 10)
 }
 
 /// (event id, seq) pairs the daemon logged as queued.

@@ -17,41 +17,7 @@ use vigil::features::list_images;
 
 /// A config for one folder camera at `fps` with `inference` lines added to `[inference]`.
 fn write_config(root: &Path, port: u16, frames: &Path, fps: u32, inference: &str) -> PathBuf {
-    let text = format!(
-        r#"
-node = "wgpunode"
-state_dir = "{state}"
-runtime_dir = "{run}"
-[inference]
-backbone = "{bb}"
-{inference}
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-keep_alive_s = 5
-state_interval_s = 1
-[health]
-interval_s = 1
-[[camera]]
-id = "cam1"
-[camera.source]
-type = "folder"
-path = "{frames}"
-fps = {fps}
-loop = false
-[camera.detector]
-start_frames = 2
-end_frames = 3
-min_event_gap_s = 0
-update_interval_s = 0.5
-"#,
-        state = root.join("state").display(),
-        run = root.join("run").display(),
-        bb = common::repo_path("models/efficientnet_lite0_pooled.onnx").display(),
-        frames = frames.display(),
-    );
-    let path = root.join("vigil.toml");
-    std::fs::write(&path, text).expect("config");
-    path
+    write_folder_config(root, port, frames, "wgpunode", inference, "", fps)
 }
 
 /// `vigil run --config <config>` with extra environment, stderr appended to `<config>.log`.

@@ -229,6 +229,55 @@ pub fn setup(root: &Path) -> (PathBuf, PathBuf) {
     (model, frames)
 }
 
+/// A config for node `node`, one folder camera `cam1` at `fps` (not looping, fast detector),
+/// `inference` lines added to `[inference]` and `extra_camera` lines to `[[camera]]`.
+pub fn write_folder_config(
+    root: &Path,
+    port: u16,
+    frames: &Path,
+    node: &str,
+    inference: &str,
+    extra_camera: &str,
+    fps: u32,
+) -> PathBuf {
+    let text = format!(
+        r#"
+node = "{node}"
+state_dir = "{state}"
+runtime_dir = "{run}"
+[inference]
+backbone = "{bb}"
+{inference}
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+keep_alive_s = 5
+state_interval_s = 1
+[health]
+interval_s = 1
+[[camera]]
+id = "cam1"
+{extra_camera}
+[camera.source]
+type = "folder"
+path = "{frames}"
+fps = {fps}
+loop = false
+[camera.detector]
+start_frames = 2
+end_frames = 3
+min_event_gap_s = 0
+update_interval_s = 0.5
+"#,
+        state = root.join("state").display(),
+        run = root.join("run").display(),
+        bb = super::repo_path("models/efficientnet_lite0_pooled.onnx").display(),
+        frames = frames.display(),
+    );
+    let path = root.join("vigil.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
 /// The `vigil` binary: `$VIGIL_BIN` when set (a target dir shared between worktrees
 /// holds whichever `vigil` was built last), else Cargo's.
 pub fn vigil_bin() -> PathBuf {
