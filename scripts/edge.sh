@@ -19,7 +19,6 @@ CARGO_DEB_VERSION=3.8.0
   libc6-dev-armhf-cross qemu-user libclang-dev clang systemd file
 # shellcheck disable=SC2086
 rustup target add $TARGETS
-command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
 
 # bindgen (nokhwa → v4l2-sys-mit) parses the *target's* kernel headers.
 export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"
@@ -27,6 +26,20 @@ export BINDGEN_EXTRA_CLANG_ARGS_armv7_unknown_linux_gnueabihf="--sysroot=/usr/ar
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 
 step() { echo "== $* ($(date -u +%H:%M:%S))"; }
+
+# cargo-deb (a packaging tool, not shipped) is built in the background beside the release
+# builds, which leave a core idle in their serial stretches (tract-core, the ThinLTO links):
+# in its own target directory (no lock shared with them), at opt-level 1 (it only
+# compresses two packages).
+DEB_PID=
+if ! command -v cargo-deb >/dev/null; then
+  mkdir -p "$TARGET_DIR"
+  step "cargo install cargo-deb $CARGO_DEB_VERSION (background)"
+  CARGO_TARGET_DIR="$TARGET_DIR/cargo-deb" CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+    cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION" \
+    >"$TARGET_DIR/cargo-deb-install.log" 2>&1 &
+  DEB_PID=$!
+fi
 # Both targets in one cargo invocation: their dependency graphs interleave, so the long
 # serial stretches of one (tract-core, tract-onnx, vigil, the ThinLTO link) run beside the
 # other's crates instead of leaving the second core idle.
@@ -53,6 +66,9 @@ if [[ " $TARGETS " == *" aarch64-unknown-linux-gnu "* ]]; then
   echo "aarch64 parity tests: $((SECONDS / 60)) min $((SECONDS % 60)) s"
 fi
 
+if [ -n "$DEB_PID" ]; then
+  wait "$DEB_PID" || { cat "$TARGET_DIR/cargo-deb-install.log" >&2; exit 1; }
+fi
 for t in $TARGETS; do
   step "package $t"
   deb=$(cargo deb --no-build --no-strip --target "$t" --locked | tail -n1)

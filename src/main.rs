@@ -1115,6 +1115,9 @@ fn main() -> ExitCode {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         vigil::mem::limit_arenas(2);
     }
+    if !vigil::mem::recycle::forwards_to_system() {
+        vigil::mem::tune_small_heap();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {

@@ -36,3 +36,34 @@ pub fn limit_arenas(n: i32) {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = n;
 }
+
+/// glibc thresholds for the heap that serves what [`recycle`] leaves to it (requests under
+/// [`recycle::LARGE_MIN`]): `mmap` only from `LARGE_MIN` up, and a 4 MiB trim threshold.
+/// glibc raises both by itself once it has freed a large `mmap`'d block, which it never sees
+/// when the recycling allocator takes those; left at their 128 KiB defaults, every
+/// 128–256 KiB request became an `mmap`/`munmap` pair and each worker's arena was trimmed
+/// (`MADV_DONTNEED`) and faulted back in several times per frame (measured: ~4× glibc-only's
+/// page faults). Call first thing in `main`; `MALLOC_MMAP_THRESHOLD_` /
+/// `MALLOC_TRIM_THRESHOLD_` in the environment win. A no-op on other C libraries.
+pub fn tune_small_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let set = |param: i32, env: &str, value: usize| {
+            if std::env::var_os(env).is_some() {
+                return;
+            }
+            let v = i32::try_from(value).unwrap_or(i32::MAX);
+            // SAFETY: mallopt only sets a glibc tunable; both thresholds accept any
+            // non-negative value at any time.
+            if unsafe { libc::mallopt(param, v) } != 1 {
+                tracing::debug!(env, value, "mallopt refused");
+            }
+        };
+        set(
+            libc::M_MMAP_THRESHOLD,
+            "MALLOC_MMAP_THRESHOLD_",
+            recycle::LARGE_MIN,
+        );
+        set(libc::M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 4 << 20);
+    }
+}

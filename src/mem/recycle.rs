@@ -11,19 +11,24 @@
 //! [`Recycle`] wraps [`System`]: small (< [`LARGE_MIN`]) and over-aligned (> [`PAGE`])
 //! requests go to `System` unchanged. Large ones are rounded up to whole pages and served from
 //! exact-size free lists of `mmap`'d blocks (intrusive: a freed block stores the next pointer
-//! in its first word), else from a cached block within 1/[`NEAR_FRACTION`] of the size,
-//! resized by `mremap` (its resident pages kept), else a fresh `mmap`. A freed large block goes back to its size's list
+//! in its first word), else from the smallest cached block up to 1/[`NEAR_FRACTION`] larger,
+//! lent as it is (its capacity noted in a small table, so it goes back to its own list when
+//! freed), else a fresh `mmap`. A freed large block goes back to its size's list
 //! while the cached bytes stay under the cap (default [`DEFAULT_CACHE_MB`] MiB, environment
 //! variable `VIGIL_ALLOC_CACHE_MB` read once at the first large request; `0` disables the
-//! cache), otherwise it is `munmap`ped. The table has [`SLOTS`] size classes, each with a
+//! cache), otherwise it is `munmap`ped. `VIGIL_ALLOC=system` (read once too) forwards every
+//! request to `System`: an escape hatch, and the baseline the allocator is benchmarked against. The table has [`SLOTS`] size classes, each with a
 //! last-used stamp: sizes that stop recurring (model loading, odd JPEG sizes) are evicted
 //! after [`STALE_OPS`] large operations, and under cap pressure the least recently used size
 //! goes first, so the cache follows the per-frame working set. Exact sizes alone needed a
-//! ~64 MiB cache to keep frames/s (and then saved no RSS), hence the near-size reuse.
+//! ~64 MiB cache to keep frames/s (and then saved no RSS), hence the near-size reuse. An
+//! earlier version resized near-size blocks with `mremap`: two sizes then traded blocks back
+//! and forth (~28 `mremap`s per frame, 8× glibc's page faults, ~15 % fewer frames/s with 2
+//! workers); lending a larger block unchanged faults nothing in.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Requests of at least this many bytes (and alignment ≤ [`PAGE`]) are "large".
@@ -32,15 +37,17 @@ pub const LARGE_MIN: usize = 256 * 1024;
 /// (or to a larger page), so any alignment up to it is satisfied.
 pub const PAGE: usize = 4096;
 /// Default cap on cached (freed, still mapped) bytes, in MiB.
-pub const DEFAULT_CACHE_MB: usize = 32;
+pub const DEFAULT_CACHE_MB: usize = 40;
 /// Number of size classes the cache tracks at a time.
 pub const SLOTS: usize = 128;
 /// A size class not used for this many large allocations/frees is evicted.
 pub const STALE_OPS: u64 = 1 << 14;
-/// A miss is served from a cached block of another size only if that differs by at most
-/// 1/`NEAR_FRACTION` of the request (resized by `mremap`): reshaping blocks of far-off sizes
-/// discards or faults in more pages than a fresh mapping saves.
+/// A miss is served from a cached larger block only if it is at most 1/`NEAR_FRACTION` larger
+/// than the request: the excess is resident memory lent to a smaller use.
 pub const NEAR_FRACTION: usize = 4;
+/// Most blocks lent out at a capacity above their request at a time (a full table turns
+/// near-size reuse off until one comes back).
+const LENT: usize = 256;
 /// Most chains evicted (then unmapped outside the lock) in one operation.
 const MAX_VICTIMS: usize = 16;
 
@@ -70,6 +77,22 @@ struct State {
     slots: [Slot; SLOTS],
     cached: usize,
     clock: u64,
+    /// Blocks in use whose mapping is larger than their request rounds to: (address,
+    /// mapping size), the first `lent_len` entries.
+    lent: [(usize, usize); LENT],
+    lent_len: usize,
+}
+
+impl State {
+    /// The mapping size of lent block `p`, forgetting it; `None` if `p` was not lent.
+    fn take_lent(&mut self, p: *mut u8) -> Option<usize> {
+        let n = self.lent_len;
+        let i = self.lent[..n].iter().position(|&(a, _)| a == p as usize)?;
+        let cap = self.lent[i].1;
+        self.lent[i] = self.lent[n - 1];
+        self.lent_len = n - 1;
+        Some(cap)
+    }
 }
 
 // SAFETY: the raw pointers in `State` are mmap'd blocks owned exclusively by the cache; they
@@ -128,7 +151,15 @@ pub struct Recycle {
     state: Mutex<State>,
     /// Cap in bytes, `CAP_UNSET` until read from `VIGIL_ALLOC_CACHE_MB`.
     cap: AtomicUsize,
+    /// `MODE_UNSET` until `VIGIL_ALLOC` is read (at the first large request), then
+    /// `MODE_RECYCLE` or `MODE_SYSTEM` (every request forwarded to [`System`]). Fixed once
+    /// read, so a large block is always freed by the path that allocated it.
+    mode: AtomicU8,
 }
+
+const MODE_UNSET: u8 = 0;
+const MODE_RECYCLE: u8 = 1;
+const MODE_SYSTEM: u8 = 2;
 
 impl Default for Recycle {
     fn default() -> Self {
@@ -140,18 +171,44 @@ impl Recycle {
     /// An allocator whose cap comes from `VIGIL_ALLOC_CACHE_MB` (default
     /// [`DEFAULT_CACHE_MB`]) at the first large request.
     pub const fn new() -> Self {
-        Self::with_cap_bytes(CAP_UNSET)
+        Self::build(CAP_UNSET, MODE_UNSET)
     }
 
     /// An allocator with an explicit cap on cached bytes (ignores the environment).
     pub const fn with_cap_bytes(cap: usize) -> Self {
+        Self::build(cap, MODE_RECYCLE)
+    }
+
+    const fn build(cap: usize, mode: u8) -> Self {
         Recycle {
             state: Mutex::new(State {
                 slots: [EMPTY_SLOT; SLOTS],
                 cached: 0,
                 clock: 0,
+                lent: [(0, 0); LENT],
+                lent_len: 0,
             }),
             cap: AtomicUsize::new(cap),
+            mode: AtomicU8::new(mode),
+        }
+    }
+
+    /// Whether large requests go to [`System`] too: environment variable `VIGIL_ALLOC=system`
+    /// (an operator's escape hatch, and the baseline of the allocator's benchmark), read once.
+    fn system(&self) -> bool {
+        match self.mode.load(Ordering::Relaxed) {
+            MODE_SYSTEM => true,
+            MODE_RECYCLE => false,
+            _ => {
+                // May allocate (small, served by System): fine, no lock of ours is held here.
+                let sys = std::env::var("VIGIL_ALLOC").is_ok_and(|v| v.trim() == "system");
+                let m = if sys { MODE_SYSTEM } else { MODE_RECYCLE };
+                // The first reader wins; a racing reader saw the same environment.
+                let _ =
+                    self.mode
+                        .compare_exchange(MODE_UNSET, m, Ordering::Relaxed, Ordering::Relaxed);
+                self.mode.load(Ordering::Relaxed) == MODE_SYSTEM
+            }
         }
     }
 
@@ -204,51 +261,58 @@ impl Recycle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A cached block resized to exactly `size` (page-rounded) bytes: one of that size if
-    /// cached, else the cached block closest in size (within 1/[`NEAR_FRACTION`]), shrunk or grown in place by `mremap`
-    /// (its resident pages are kept, only a grown tail faults in fresh zero pages).
+    /// A cached block of at least `size` (page-rounded) bytes: one of that size if cached,
+    /// else the smallest cached one at most 1/[`NEAR_FRACTION`] larger, lent unchanged (its
+    /// pages stay resident: nothing is faulted in or discarded) and noted in the lent table.
     fn pop(&self, size: usize) -> Option<NonNull<u8>> {
-        let (p, old) = {
-            let mut st = self.lock();
-            st.clock += 1;
-            let now = st.clock;
-            let exact = st.slots.iter().position(|s| s.size == size);
-            if let Some(i) = exact {
-                st.slots[i].stamp = now;
-            }
-            let i = match exact.filter(|&i| st.slots[i].count > 0) {
-                Some(i) => i,
-                None => (0..SLOTS)
-                    .filter(|&i| st.slots[i].count > 0)
-                    .filter(|&i| st.slots[i].size.abs_diff(size) <= size / NEAR_FRACTION)
-                    .min_by_key(|&i| st.slots[i].size.abs_diff(size))?,
-            };
-            let s = &mut st.slots[i];
-            let p = NonNull::new(s.head)?;
-            // SAFETY: `p` is the head of this slot's free list, a mapped block of `s.size`
-            // bytes whose first word holds the next pointer (written by `push`).
-            s.head = unsafe { p.as_ptr().cast::<*mut u8>().read() };
-            s.count -= 1;
-            let old = s.size;
-            st.cached -= old;
-            (p, old)
-        };
-        if old == size {
-            return Some(p);
+        let mut st = self.lock();
+        st.clock += 1;
+        let now = st.clock;
+        let exact = st.slots.iter().position(|s| s.size == size);
+        if let Some(i) = exact {
+            st.slots[i].stamp = now;
         }
-        // SAFETY: `p`/`old` is one mapping made by `map`, unlinked from the cache, ours alone.
-        unsafe { remap(p.as_ptr(), old, size) }
+        let i = match exact.filter(|&i| st.slots[i].count > 0) {
+            Some(i) => i,
+            None if st.lent_len < LENT => (0..SLOTS)
+                .filter(|&i| st.slots[i].count > 0)
+                .filter(|&i| st.slots[i].size > size)
+                .filter(|&i| st.slots[i].size - size <= size / NEAR_FRACTION)
+                .min_by_key(|&i| st.slots[i].size)?,
+            None => return None,
+        };
+        let s = &mut st.slots[i];
+        let p = NonNull::new(s.head)?;
+        // SAFETY: `p` is the head of this slot's free list, a mapped block of `s.size`
+        // bytes whose first word holds the next pointer (written by `push`).
+        s.head = unsafe { p.as_ptr().cast::<*mut u8>().read() };
+        s.count -= 1;
+        s.stamp = now;
+        let cap = s.size;
+        st.cached -= cap;
+        if cap != size {
+            let n = st.lent_len;
+            st.lent[n] = (p.as_ptr() as usize, cap);
+            st.lent_len = n + 1;
+        }
+        Some(p)
     }
 
-    /// Returns a freed block of `size` (page-rounded) bytes to the cache, or unmaps it.
+    /// Returns a freed block of `size` (page-rounded) bytes, or of its lent capacity, to the
+    /// cache, or unmaps it.
     ///
     /// # Safety
-    /// `p` must be a block of `size` bytes made by `map` and no longer in use.
+    /// `p` must be a block of `size` bytes made by `map` (or lent by `pop` for a request of
+    /// `size`) and no longer in use.
     unsafe fn push(&self, p: *mut u8, size: usize) {
         let cap = self.cap();
         let mut v = Victims::new();
+        let mut size = size;
         let kept = {
             let mut st = self.lock();
+            if let Some(c) = st.take_lent(p) {
+                size = c;
+            }
             st.clock += 1;
             let now = st.clock;
             // Evict stale sizes, and find this size's slot (or a free one) on the way.
@@ -277,6 +341,15 @@ impl Recycle {
                         free = free.or(Some(i));
                     }
                     None => break,
+                }
+            }
+            // A size the table has no room for takes the least recently used size's slot:
+            // a one-off size (an odd JPEG) must not keep a per-frame one out of the cache.
+            if mine.is_none() && free.is_none() && !v.is_full() {
+                let lru = (0..SLOTS).min_by_key(|&i| st.slots[i].stamp);
+                if let Some(i) = lru {
+                    v.take(&mut st, i);
+                    free = Some(i);
                 }
             }
             let slot = mine.or(free);
@@ -340,26 +413,6 @@ fn map(size: usize) -> Option<NonNull<u8>> {
     NonNull::new(p.cast::<u8>())
 }
 
-/// Resizes the mapping `p`/`old` to `new` bytes (possibly moving it); on failure the old
-/// mapping is unmapped and a fresh one made.
-///
-/// # Safety
-/// `p`/`old` must be one mapping made by [`map`] (or this function), used by no one else.
-unsafe fn remap(p: *mut u8, old: usize, new: usize) -> Option<NonNull<u8>> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: per this function's contract; MREMAP_MAYMOVE lets the kernel relocate the
-        // pages, and nothing holds pointers into the block.
-        let q = unsafe { libc::mremap(p.cast(), old, new, libc::MREMAP_MAYMOVE) };
-        if q != libc::MAP_FAILED {
-            return NonNull::new(q.cast::<u8>());
-        }
-    }
-    // SAFETY: per this function's contract.
-    unsafe { unmap(p, old) };
-    map(new)
-}
-
 /// # Safety
 /// `p`/`size` must be one mapping made by [`map`], not referenced afterwards.
 unsafe fn unmap(p: *mut u8, size: usize) {
@@ -375,7 +428,7 @@ unsafe fn unmap(p: *mut u8, size: usize) {
 // `dealloc`/`realloc`.
 unsafe impl GlobalAlloc for Recycle {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !is_large(&layout) {
+        if !is_large(&layout) || self.system() {
             // SAFETY: forwarded with the caller's (valid, non-zero-size) layout.
             return unsafe { System.alloc(layout) };
         }
@@ -386,7 +439,7 @@ unsafe impl GlobalAlloc for Recycle {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if !is_large(&layout) {
+        if !is_large(&layout) || self.system() {
             // SAFETY: forwarded with the caller's layout.
             return unsafe { System.alloc_zeroed(layout) };
         }
@@ -402,7 +455,7 @@ unsafe impl GlobalAlloc for Recycle {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if !is_large(&layout) {
+        if !is_large(&layout) || self.system() {
             // SAFETY: `ptr` came from `System` with this layout (see `alloc`).
             return unsafe { System.dealloc(ptr, layout) };
         }
@@ -417,7 +470,7 @@ unsafe impl GlobalAlloc for Recycle {
             return ptr::null_mut();
         };
         let (old_large, new_large) = (is_large(&layout), is_large(&new_layout));
-        if !old_large && !new_large {
+        if (!old_large && !new_large) || self.system() {
             // SAFETY: both ends are System's; forwarded unchanged.
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
@@ -470,6 +523,12 @@ unsafe impl GlobalAlloc for GlobalRecycle {
         // SAFETY: same contract.
         unsafe { RECYCLE.realloc(ptr, layout, new_size) }
     }
+}
+
+/// Whether the process-wide instance forwards every request to `System`
+/// (`VIGIL_ALLOC=system`).
+pub fn forwards_to_system() -> bool {
+    RECYCLE.system()
 }
 
 /// Unmaps the global allocator's cached large blocks.
@@ -632,29 +691,70 @@ mod tests {
     }
 
     #[test]
-    fn near_size_miss_reuses_block_by_remap() {
+    fn near_size_miss_borrows_a_larger_block_unchanged() {
         let mb = 1024 * 1024;
         let a = Recycle::with_cap_bytes(8 * mb);
-        let l = Layout::from_size_align(mb, 64).expect("layout");
-        let bigger = Layout::from_size_align(mb + 3 * PAGE + 5, 64).expect("layout");
-        let far = Layout::from_size_align(4 * mb, 64).expect("layout");
+        let big = Layout::from_size_align(mb + 3 * PAGE, 64).expect("layout");
+        let near = Layout::from_size_align(mb + 5, 64).expect("layout");
+        let small = Layout::from_size_align(mb / 2, 64).expect("layout");
         // SAFETY: valid layouts; each freed with its own.
         unsafe {
-            let p = a.alloc(l);
-            fill(p, l.size(), 3);
-            a.dealloc(p, l);
-            // far-off size: not taken from the 1 MiB block
-            let f = a.alloc(far);
-            assert_eq!(a.cached_bytes(), mb);
-            a.dealloc(f, far);
-            // near size: the cached 1 MiB block is grown, then zeroed
-            let q = a.alloc_zeroed(bigger);
-            assert_eq!(a.cached_bytes(), 4 * mb, "near block not reused");
-            let s = std::slice::from_raw_parts(q, bigger.size());
-            assert!(s.iter().all(|&b| b == 0), "remapped block not zeroed");
-            fill(q, bigger.size(), 9);
-            check(q, bigger.size(), 9);
-            a.dealloc(q, bigger);
+            let p = a.alloc(big);
+            fill(p, big.size(), 3);
+            a.dealloc(p, big);
+            // far smaller: not lent the big block
+            let f = a.alloc(small);
+            assert_ne!(f, p);
+            assert_eq!(a.cached_bytes(), big.size());
+            a.dealloc(f, small);
+            // larger than the cached block: never served by it
+            let g = a.alloc(Layout::from_size_align(2 * mb, 64).expect("layout"));
+            assert_ne!(g, p);
+            a.dealloc(g, Layout::from_size_align(2 * mb, 64).expect("layout"));
+            a.release();
+            let p = a.alloc(big);
+            fill(p, big.size(), 3);
+            a.dealloc(p, big);
+            // near size: the same block, lent as it is, zeroed for alloc_zeroed
+            let q = a.alloc_zeroed(near);
+            assert_eq!(q, p, "near block not reused");
+            assert_eq!(a.cached_bytes(), 0);
+            let s = std::slice::from_raw_parts(q, near.size());
+            assert!(s.iter().all(|&b| b == 0), "lent block not zeroed");
+            fill(q, near.size(), 9);
+            check(q, near.size(), 9);
+            // freed with the smaller layout, it goes back whole to its own size's list
+            a.dealloc(q, near);
+            assert_eq!(a.cached_bytes(), big.size());
+            assert_eq!(a.alloc(big), p, "not back on the big list");
+            a.dealloc(p, big);
+        }
+        a.release();
+        assert_eq!(a.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn a_full_lent_table_turns_near_reuse_off() {
+        let mb = 1024 * 1024;
+        let a = Recycle::with_cap_bytes(1024 * mb);
+        let big = Layout::from_size_align(mb + PAGE, 8).expect("layout");
+        let near = Layout::from_size_align(mb, 8).expect("layout");
+        // SAFETY: valid layouts; each freed with the one it was allocated with.
+        unsafe {
+            let blocks: Vec<_> = (0..LENT + 2).map(|_| a.alloc(big)).collect();
+            for &b in &blocks {
+                a.dealloc(b, big);
+            }
+            let lent: Vec<_> = (0..LENT + 2).map(|_| a.alloc(near)).collect();
+            let reused = lent.iter().filter(|p| blocks.contains(p)).count();
+            assert_eq!(reused, LENT, "only LENT blocks lent at a larger size");
+            assert_eq!(a.cached_bytes(), 2 * (mb + PAGE));
+            for &p in &lent {
+                fill(p, near.size(), 1);
+                a.dealloc(p, near);
+            }
+            // lent ones back on the big list, the 2 fresh ones on the small list
+            assert_eq!(a.cached_bytes(), (LENT + 2) * (mb + PAGE) + 2 * mb);
         }
         a.release();
         assert_eq!(a.cached_bytes(), 0);
@@ -686,6 +786,32 @@ mod tests {
             a.dealloc(p3, l3); // evicts l2's
             assert_eq!(a.cached_bytes(), mb + 2 * PAGE);
         }
+    }
+
+    #[test]
+    fn system_mode_forwards_large_blocks_to_glibc() {
+        let a = Recycle::build(64 * 1024 * 1024, MODE_SYSTEM);
+        let l = Layout::from_size_align(4 * LARGE_MIN, 64).expect("layout");
+        // SAFETY: valid layouts; each block freed (or grown) with its own layout.
+        unsafe {
+            let p = a.alloc_zeroed(l);
+            assert!(!p.is_null());
+            assert!(std::slice::from_raw_parts(p, l.size())
+                .iter()
+                .all(|&b| b == 0));
+            p.write_bytes(7, l.size());
+            let q = a.realloc(p, l, 2 * l.size());
+            assert!(!q.is_null());
+            assert_eq!(*q.add(l.size() - 1), 7, "realloc kept the contents");
+            let l2 = Layout::from_size_align(2 * l.size(), 64).expect("layout");
+            a.dealloc(q, l2);
+        }
+        // Nothing was cached: the blocks went back to System (a recycling instance caches them).
+        assert_eq!(a.cached_bytes(), 0);
+        let r = Recycle::with_cap_bytes(64 * 1024 * 1024);
+        // SAFETY: valid layout, freed with it.
+        unsafe { r.dealloc(r.alloc(l), l) };
+        assert_eq!(r.cached_bytes(), page_round(l.size()).expect("size"));
     }
 
     #[test]
@@ -726,8 +852,16 @@ mod tests {
             // SAFETY: allocated with `l`.
             unsafe { a.dealloc(p, l) };
         }
-        let most: usize = ls.iter().rev().take(SLOTS).map(|l| l.size()).sum();
-        assert!(a.cached_bytes() <= most);
+        // Each size beyond the table took the least recently used one's slot: the newest
+        // SLOTS sizes are cached, the newest one is served from the cache again.
+        let newest: usize = ls.iter().rev().take(SLOTS).map(|l| l.size()).sum();
+        assert_eq!(a.cached_bytes(), newest);
+        let (&lp, &ll) = (ps.last().expect("ptr"), ls.last().expect("layout"));
+        // SAFETY: valid layout, freed with it.
+        unsafe {
+            assert_eq!(a.alloc(ll), lp, "newest size not cached");
+            a.dealloc(lp, ll);
+        }
         a.release();
         assert_eq!(a.cached_bytes(), 0);
     }
