@@ -19,6 +19,8 @@ CARGO_DEB_VERSION=3.8.0
   libc6-dev-armhf-cross qemu-user libclang-dev clang systemd file
 # shellcheck disable=SC2086
 rustup target add $TARGETS
+# `--deps-only`: install what this step needs, build and run nothing (.ci/run).
+if [ "${1:-}" = --deps-only ]; then exit 0; fi
 
 # bindgen (nokhwa → v4l2-sys-mit) parses the *target's* kernel headers.
 export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"

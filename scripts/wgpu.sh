@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The wgpu backend's CI step, kept out of the default build (README "Backends: tract or
-# wgpu"). Installs lavapipe (Mesa's software Vulkan driver: CI has no GPU), then runs clippy
-# with `--features wgpu`, the parity tests against tract (tests/wgpu_parity.rs) and the
-# daemon test with `backend = "wgpu"` against a real mosquitto (tests/wgpu_daemon.rs).
+# wgpu"). Installs lavapipe (Mesa's software Vulkan driver: CI has no GPU), then builds with
+# `--features wgpu` under clippy's lints and runs the library's tests, the parity tests
+# against tract (tests/wgpu_parity.rs) and the daemon test with `backend = "wgpu"` against a
+# real mosquitto (tests/wgpu_daemon.rs).
 # Measured on the 2-core dev VM (shared with other builds, load average ~4-5): the feature's
 # dependency build from a target dir warm for the default build = wgpu's own crates only
 # (wgpu-core, naga, wgpu-hal, ash, glow…): Cargo.toml enables in the default build the
@@ -22,6 +23,12 @@ if [ ! -d "$VIGIL_SHARED/data/magnetic_tile" ]; then
 fi
 
 ./scripts/apt_need.sh mesa-vulkan-drivers libvulkan1 mosquitto
+# `--deps-only`: install what this step needs, build and run nothing (.ci/run).
+if [ "${1:-}" = --deps-only ]; then exit 0; fi
 
-cargo clippy --all-targets --locked --features wgpu -- -D warnings
-cargo test --locked --features wgpu --test wgpu_parity --test wgpu_daemon
+# Clippy's lints, warnings denied (scripts/clippy-wrapper.sh, as in test.sh: no separate
+# check pass over the dependencies), on every target the feature changes, built and run with
+# it: the library and its unit tests, the binary, tests/backend_select.rs (asserts the
+# feature is there), the parity tests and the daemon test.
+RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/clippy-wrapper.sh" cargo test --locked --features wgpu \
+  --lib --bins --test backend_select --test wgpu_parity --test wgpu_daemon
