@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 export VIGIL_SHARED="${VIGIL_SHARED:-$(cd .. && pwd)/shared}"
 
 TARGETS=${VIGIL_EDGE_TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
-# What the packages ship: USB/UVC cameras are the main source on a Pi.
-FEATURES=v4l2
+# What the packages ship: USB/UVC cameras are the main source on a Pi; not the demo's
+# embedded broker (a default feature for desktops: Cargo.toml [features]).
+FEATURES="--no-default-features --features v4l2"
 CARGO_DEB_VERSION=3.8.0
 
 ./scripts/apt_need.sh gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf \
@@ -45,10 +46,10 @@ fi
 # Both targets in one cargo invocation: their dependency graphs interleave, so the long
 # serial stretches of one (tract-core, tract-onnx, vigil, the ThinLTO link) run beside the
 # other's crates instead of leaving the second core idle.
-step "release build $TARGETS --features $FEATURES"
+step "release build $TARGETS $FEATURES"
 SECONDS=0
 # shellcheck disable=SC2046
-cargo build --release --locked $(printf -- '--target %s ' $TARGETS) --features "$FEATURES" --bin vigil
+cargo build --release --locked $(printf -- '--target %s ' $TARGETS) $FEATURES --bin vigil
 echo "release builds: $((SECONDS / 60)) min $((SECONDS % 60)) s"
 for t in $TARGETS; do
   bin="$TARGET_DIR/$t/release/vigil"
@@ -63,7 +64,8 @@ if [[ " $TARGETS " == *" aarch64-unknown-linux-gnu "* ]]; then
   step "parity tests for aarch64 under qemu-aarch64 -cpu cortex-a72"
   SECONDS=0
   # tests/edge_parity.rs holds both suites: one test binary, one ThinLTO link.
-  cargo test --release --locked --target aarch64-unknown-linux-gnu --features "$FEATURES" \
+  # shellcheck disable=SC2086
+  cargo test --release --locked --target aarch64-unknown-linux-gnu $FEATURES \
     --test edge_parity -- --skip resnet18 --skip forked_instances --skip symbolic_batch
   echo "aarch64 parity tests: $((SECONDS / 60)) min $((SECONDS % 60)) s"
 fi

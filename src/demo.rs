@@ -1,5 +1,5 @@
-//! `vigil demo`: the whole pipeline out of the box — an in-process MQTT broker (rumqttd)
-//! unless one is given, the synthetic camera, the shipped EfficientNet-Lite0, a model
+//! `vigil demo`: the whole pipeline out of the box — an in-process MQTT broker (rumqttd,
+//! feature `embedded-broker`, in the default build) unless one is given, the synthetic camera, the shipped EfficientNet-Lite0, a model
 //! fitted on the first normal frames, and every event printed as it is published.
 
 use std::net::{SocketAddr, TcpStream};
@@ -21,7 +21,8 @@ use crate::source::{self, SourceConfig};
 pub struct DemoOptions {
     /// Use this broker instead of starting one (e.g. `mqtt://127.0.0.1:1883`).
     pub broker: Option<String>,
-    /// Port of the embedded broker (loopback only).
+    /// Port of the embedded broker (loopback only); without the embedded broker, the port
+    /// of the local one.
     pub port: u16,
     /// Stop after this long (default: until Ctrl-C).
     pub duration: Option<Duration>,
@@ -39,7 +40,71 @@ fn rt_err(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::Runtime(e.to_string())
 }
 
+/// Where the demo's MQTT messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerChoice {
+    /// The broker given with `--broker`.
+    Given(String),
+    /// rumqttd in process on 127.0.0.1:port.
+    Embedded(u16),
+    /// A build without the embedded broker: the local one (e.g. mosquitto) on 127.0.0.1:port.
+    Local(u16),
+}
+
+/// Whether this build has the embedded broker (Cargo feature `embedded-broker`).
+pub const EMBEDDED_BROKER: bool = cfg!(feature = "embedded-broker");
+
+/// The demo's broker: the given one, else the embedded one when the build has it, else the
+/// local one on the same port.
+pub fn choose_broker(given: Option<&str>, port: u16, embedded: bool) -> BrokerChoice {
+    match given {
+        Some(u) => BrokerChoice::Given(u.to_string()),
+        None if embedded => BrokerChoice::Embedded(port),
+        None => BrokerChoice::Local(port),
+    }
+}
+
+/// Wait up to ~5 s until something accepts TCP connections on 127.0.0.1:`port`.
+fn wait_listening(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..50 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The broker URL for `choice`, starting the embedded broker when it is the choice.
+fn broker_url(choice: &BrokerChoice) -> Result<String, DaemonError> {
+    match choice {
+        BrokerChoice::Given(u) => Ok(u.clone()),
+        BrokerChoice::Embedded(port) => start_embedded_broker(*port),
+        BrokerChoice::Local(port) => {
+            if wait_listening(*port) {
+                Ok(format!("mqtt://127.0.0.1:{port}"))
+            } else {
+                Err(DaemonError::Config(format!(
+                    "this build of vigil has no embedded MQTT broker (Cargo feature \
+                     `embedded-broker`) and nothing listens on 127.0.0.1:{port}: start a local \
+                     broker (e.g. `apt install mosquitto`) or give one with --broker mqtt://HOST:PORT"
+                )))
+            }
+        }
+    }
+}
+
 /// Start rumqttd on 127.0.0.1:`port` in a background thread and wait until it accepts.
+#[cfg(not(feature = "embedded-broker"))]
+pub fn start_embedded_broker(port: u16) -> Result<String, DaemonError> {
+    Err(DaemonError::Config(format!(
+        "cannot start an MQTT broker on 127.0.0.1:{port}: this build has no embedded broker (Cargo feature `embedded-broker`)"
+    )))
+}
+
+/// Start rumqttd on 127.0.0.1:`port` in a background thread and wait until it accepts.
+#[cfg(feature = "embedded-broker")]
 pub fn start_embedded_broker(port: u16) -> Result<String, DaemonError> {
     let toml_cfg = format!(
         r#"
@@ -70,12 +135,8 @@ dynamic_filters = true
             }
         })
         .map_err(rt_err)?;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..100 {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return Ok(format!("mqtt://127.0.0.1:{port}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_listening(port) {
+        return Ok(format!("mqtt://127.0.0.1:{port}"));
     }
     Err(DaemonError::Runtime(format!(
         "embedded broker did not start on 127.0.0.1:{port} (port in use? try --port)"
@@ -161,10 +222,11 @@ async fn print_messages(url: String, filter: String) {
 
 /// Run the demo.
 pub fn demo(opts: DemoOptions) -> Result<(), DaemonError> {
-    let url = match &opts.broker {
-        Some(u) => u.clone(),
-        None => start_embedded_broker(opts.port)?,
-    };
+    let url = broker_url(&choose_broker(
+        opts.broker.as_deref(),
+        opts.port,
+        EMBEDDED_BROKER,
+    ))?;
     eprintln!("broker: {url}");
     let model_path = opts.state_dir.join("models/demo.safetensors");
     fit_demo_model(&opts, &model_path)?;
@@ -217,4 +279,40 @@ update_interval_s = 1
     let filter = format!("{}/{}/#", config.mqtt.prefix, config.node);
     rt.spawn(print_messages(url, filter));
     rt.block_on(daemon::serve(None, config, models, opts.duration))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_broker_wins_then_the_embedded_one_then_the_local_one() {
+        assert_eq!(
+            choose_broker(Some("mqtt://plant:1883"), 1883, true),
+            BrokerChoice::Given("mqtt://plant:1883".into())
+        );
+        assert_eq!(
+            choose_broker(None, 1999, true),
+            BrokerChoice::Embedded(1999)
+        );
+        assert_eq!(choose_broker(None, 1999, false), BrokerChoice::Local(1999));
+    }
+
+    #[test]
+    fn without_the_embedded_broker_the_local_one_is_used_or_a_clear_error_given() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(
+            broker_url(&BrokerChoice::Local(port)).unwrap(),
+            format!("mqtt://127.0.0.1:{port}")
+        );
+        drop(listener);
+        let err = broker_url(&BrokerChoice::Local(port)).unwrap_err();
+        assert!(matches!(err, DaemonError::Config(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no embedded MQTT broker") && msg.contains("--broker"),
+            "{msg}"
+        );
+    }
 }

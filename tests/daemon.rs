@@ -1733,3 +1733,88 @@ fn an_uncalibrated_camera_starts_waits_and_serves_after_its_first_remote_calibra
     signal(&daemon, "TERM");
     assert!(daemon.wait().expect("wait").success());
 }
+
+/// README's first command: `vigil demo` with nothing but the repository — the embedded broker
+/// (a real MQTT broker: an outside client subscribes to it), the synthetic camera with
+/// injected defects, a model fitted on its first normal frames, events printed as published.
+#[test]
+fn demo_runs_out_of_the_box_on_its_embedded_broker() {
+    // The default build has the embedded broker (checked at compile time).
+    const { assert!(vigil::demo::EMBEDDED_BROKER) };
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let child = Command::new(vigil_bin())
+        .args(["demo", "--port", &port.to_string(), "--duration", "14"])
+        .args(["--fit-frames", "48", "--fps", "8", "--defect-every", "12"])
+        .args(["--state-dir", dir.path().to_str().expect("utf8")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("VIGIL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Daemon)
+        .expect("spawn vigil demo");
+    let msgs = subscribe(port, "vigil/demo/#");
+    let out = child_output(child);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Printed by the demo's own subscriber…
+    let printed: Vec<&str> = stdout.lines().collect();
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.starts_with("vigil/demo/status ") && l.contains("online")),
+        "{stdout}"
+    );
+    let starts = printed
+        .iter()
+        .filter(|l| l.starts_with("vigil/demo/cam1/event ") && l.contains(r#""type":"start""#))
+        .count();
+    assert!(starts >= 1, "no event start printed:\n{stdout}");
+    // …and received by an outside client of the embedded broker, with the same ids.
+    let events = json_of(&snapshot(&msgs), "/event");
+    let ids: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert!(!ids.is_empty(), "the outside subscriber got no event");
+    for id in &ids {
+        assert!(stdout.contains(id), "event {id} was not printed:\n{stdout}");
+    }
+}
+
+/// Wait for a piped child to exit (bounded) and collect its output, read as it comes (a
+/// full pipe would block the child).
+fn child_output(mut child: Daemon) -> std::process::Output {
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vigil demo did not stop on --duration"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout"),
+        stderr: stderr.join().expect("stderr"),
+    }
+}

@@ -482,7 +482,8 @@ fn invalid_fits_are_clear_errors_never_useless_models() {
             required: 32
         })
     ));
-    assert!(fitk(16, 32).is_ok());
+    let r = fitk(16, 32);
+    assert!(r.is_ok(), "{:?}", r.err());
 
     let mut bad = x[..100 * 512].to_vec();
     bad[7 * 512 + 3] = f32::NAN;

@@ -1,8 +1,7 @@
 //! Small dense linear algebra on row-major `f64` buffers (k×k with k ≈ 16).
 //!
-//! The large operations (D×D covariance, its eigen-decomposition) live in [`super::pca`]
-//! and use `faer`; these helpers cover the KDE's tiny matrices, where a dependency-free
-//! implementation is easier to audit than a call into a general library.
+//! The large operations (D×D scatter matrix, its top eigenpairs) live in [`super::pca`] and
+//! [`super::eigen`]; these helpers cover the KDE's tiny matrices.
 
 /// Cholesky factorisation `A = L Lᵀ` of a symmetric positive-definite `n×n` matrix
 /// (row-major). Returns the lower-triangular `L` (upper part zero), or `None` when a

@@ -8,6 +8,7 @@
 //! and hard errors where anomalib would silently build a useless model.
 
 pub mod dfkde;
+pub mod eigen;
 pub mod error;
 pub mod kde;
 pub mod linalg;

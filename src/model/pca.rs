@@ -1,12 +1,13 @@
 //! PCA as anomalib's `PCA.fit_transform` does it (centre, top-k right singular vectors,
-//! no whitening), computed in f64 from the D×D scatter matrix — never an N×N matrix.
+//! no whitening), computed in f64 from the D×D scatter matrix — never an N×N matrix — and
+//! its top-k eigenvectors ([`super::eigen`]).
 
-use faer::{Accum, Mat, MatRef, Side};
-
+use super::eigen::symmetric_top_k;
 use super::error::ModelError;
 
-/// Rows of the scatter matrix accumulated per block (bounds the f64 copy of the input).
-const BLOCK_ROWS: usize = 1024;
+/// Rows of the scatter matrix accumulated per block (bounds the transposed f64 copy of the
+/// input: D × 64 values, ~0.6 MiB for D = 1280, cache-resident).
+const BLOCK_ROWS: usize = 64;
 
 /// A fitted projection: `y = (x − mean) · components`.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,39 +38,14 @@ impl Pca {
             *m /= n as f64;
         }
 
-        let par = faer::get_global_parallelism();
-        let mut scatter = Mat::<f64>::zeros(dim, dim);
-        let mut block = Mat::<f64>::zeros(BLOCK_ROWS.min(n), dim);
-        for chunk in rows.chunks(BLOCK_ROWS) {
-            let b = chunk.len();
-            for (bi, &r) in chunk.iter().enumerate() {
-                let src = &data[r * dim..(r + 1) * dim];
-                for (j, (&x, m)) in src.iter().zip(&mean).enumerate() {
-                    block[(bi, j)] = f64::from(x) - m;
-                }
-            }
-            let bv = block.as_ref().subrows(0, b);
-            faer::linalg::matmul::matmul(
-                scatter.as_mut(),
-                Accum::Add,
-                bv.transpose(),
-                bv,
-                1.0,
-                par,
-            );
-        }
-
-        let evd = scatter.self_adjoint_eigen(Side::Lower).map_err(|e| {
-            ModelError::SingularCovariance(format!("eigen-decomposition failed: {e:?}"))
+        let scatter = scatter_lower(data, dim, rows, &mean);
+        let (values, vectors) = symmetric_top_k(&scatter, dim, k).map_err(|e| {
+            ModelError::SingularCovariance(format!("eigen-decomposition failed: {e}"))
         })?;
-        let u = evd.U();
-        let s = evd.S().column_vector();
-        let top = s[dim - 1].max(0.0);
+        let top = values.first().copied().unwrap_or(0.0).max(0.0);
         let mut components = vec![0.0f64; dim * k];
         let mut explained = Vec::with_capacity(k);
-        for c in 0..k {
-            let src = dim - 1 - c; // eigenvalues come in nondecreasing order
-            let lambda = s[src];
+        for (c, &lambda) in values.iter().enumerate() {
             // A component with (numerically) zero variance means the data span fewer than
             // k dimensions: the KDE covariance would be singular.
             if lambda.is_nan() || lambda <= top * 1e-12 * dim as f64 || top <= 0.0 {
@@ -78,16 +54,16 @@ impl Pca {
                 )));
             }
             explained.push(lambda);
-            let col = u.col(src);
             let mut pivot = 0.0f64;
             for i in 0..dim {
-                if col[i].abs() > pivot.abs() {
-                    pivot = col[i];
+                let x = vectors[i * k + c];
+                if x.abs() > pivot.abs() {
+                    pivot = x;
                 }
             }
             let sign = if pivot < 0.0 { -1.0 } else { 1.0 };
             for i in 0..dim {
-                components[i * k + c] = sign * col[i];
+                components[i * k + c] = sign * vectors[i * k + c];
             }
         }
         Ok(Pca {
@@ -115,40 +91,10 @@ impl Pca {
 
     /// Project many rows (row-major f32, `rows` selects which) into an `rows.len() × k` buffer.
     pub fn project_rows(&self, data: &[f32], rows: &[usize]) -> Vec<f64> {
-        let k = self.k;
-        let dim = self.dim;
+        let (k, dim) = (self.k, self.dim);
         let mut out = vec![0.0f64; rows.len() * k];
-        // Blocked GEMM through faer for the training set (N can be 40 000).
-        let v = MatRef::from_row_major_slice(&self.components, dim, k);
-        let par = faer::get_global_parallelism();
-        let mut block = Mat::<f64>::zeros(BLOCK_ROWS.min(rows.len().max(1)), dim);
-        let mut res = Mat::<f64>::zeros(BLOCK_ROWS.min(rows.len().max(1)), k);
-        for (ci, chunk) in rows.chunks(BLOCK_ROWS).enumerate() {
-            let b = chunk.len();
-            for (bi, &r) in chunk.iter().enumerate() {
-                for (j, (&x, m)) in data[r * dim..(r + 1) * dim]
-                    .iter()
-                    .zip(&self.mean)
-                    .enumerate()
-                {
-                    block[(bi, j)] = f64::from(x) - m;
-                }
-            }
-            let mut dst = res.as_mut().subrows_mut(0, b);
-            faer::linalg::matmul::matmul(
-                dst.as_mut(),
-                Accum::Replace,
-                block.as_ref().subrows(0, b),
-                v,
-                1.0,
-                par,
-            );
-            for bi in 0..b {
-                let o = &mut out[(ci * BLOCK_ROWS + bi) * k..(ci * BLOCK_ROWS + bi + 1) * k];
-                for (j, oj) in o.iter_mut().enumerate() {
-                    *oj = dst[(bi, j)];
-                }
-            }
+        for (o, &r) in out.chunks_exact_mut(k.max(1)).zip(rows) {
+            self.project_into(&data[r * dim..(r + 1) * dim], o);
         }
         out
     }
@@ -169,4 +115,70 @@ impl Pca {
         }
         p
     }
+}
+
+/// The lower triangle of the scatter matrix `Σ (x − μ)(x − μ)ᵀ` over `rows` (D×D row-major,
+/// upper triangle left zero), in blocks of [`BLOCK_ROWS`] rows; each block's D²/2 dot products
+/// are split across the available cores by equal areas of the triangle.
+fn scatter_lower(data: &[f32], dim: usize, rows: &[usize], mean: &[f64]) -> Vec<f64> {
+    let mut scatter = vec![0.0f64; dim * dim];
+    // Block transposed: row i holds dimension i of the block's (centred) rows.
+    let mut cols = vec![0.0f64; dim * BLOCK_ROWS];
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(dim.max(1));
+    // Row i of the triangle costs i + 1 dot products: thread t takes rows up to dim·√(t/T).
+    let mut bounds: Vec<usize> = (0..=threads)
+        .map(|t| ((dim as f64) * (t as f64 / threads as f64).sqrt()).round() as usize)
+        .collect();
+    bounds[threads] = dim;
+    for chunk in rows.chunks(BLOCK_ROWS) {
+        cols.iter_mut().for_each(|x| *x = 0.0);
+        for (b, &r) in chunk.iter().enumerate() {
+            for (j, (&x, m)) in data[r * dim..(r + 1) * dim].iter().zip(mean).enumerate() {
+                cols[j * BLOCK_ROWS + b] = f64::from(x) - m;
+            }
+        }
+        let cols = &cols[..];
+        let accumulate = |first: usize, out: &mut [f64]| {
+            for (ri, row) in out.chunks_exact_mut(dim).enumerate() {
+                let i = first + ri;
+                let ci = &cols[i * BLOCK_ROWS..(i + 1) * BLOCK_ROWS];
+                for (j, s) in row[..=i].iter_mut().enumerate() {
+                    *s += dot64(ci, &cols[j * BLOCK_ROWS..(j + 1) * BLOCK_ROWS]);
+                }
+            }
+        };
+        if threads == 1 || chunk.len() * dim < 1 << 14 {
+            accumulate(0, &mut scatter);
+            continue;
+        }
+        std::thread::scope(|scope| {
+            let mut rest = &mut scatter[..];
+            for t in 0..threads {
+                let (mine, tail) = rest.split_at_mut((bounds[t + 1] - bounds[t]) * dim);
+                rest = tail;
+                let first = bounds[t];
+                if t + 1 == threads {
+                    accumulate(first, mine);
+                } else {
+                    scope.spawn(move || accumulate(first, mine));
+                }
+            }
+        });
+    }
+    scatter
+}
+
+/// Dot product of two [`BLOCK_ROWS`]-long slices (four independent sums: vector registers).
+fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    let mut s = [0.0f64; 4];
+    for (x, y) in a.chunks_exact(4).zip(b.chunks_exact(4)) {
+        for l in 0..4 {
+            s[l] += x[l] * y[l];
+        }
+    }
+    (s[0] + s[1]) + (s[2] + s[3])
 }

@@ -289,7 +289,7 @@ pub fn vigil_bin() -> PathBuf {
 /// A `vigil run` child process, SIGKILLed and reaped on drop if still running: a test that
 /// panics half-way leaves no daemon behind (holding its port, state dir and CPU for the rest
 /// of the run). Derefs to [`Child`].
-pub struct Daemon(Child);
+pub struct Daemon(pub Child);
 
 impl std::ops::Deref for Daemon {
     type Target = Child;
