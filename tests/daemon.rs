@@ -49,7 +49,11 @@ const LOOP: (&str, &str) = ("loop = false", "loop = true");
 const MIN_FRAMES_30: (&str, &str) = ("[[camera]]", "[calibration]\nmin_frames = 30\n\n[[camera]]");
 
 fn write_config(root: &Path, port: u16, frames: &Path, extra_camera: &str) -> PathBuf {
-    write_folder_config(root, port, frames, "testnode", "", extra_camera, 10)
+    let extra = Extra {
+        camera: extra_camera,
+        ..Extra::default()
+    };
+    write_folder_config(root, port, frames, "testnode", extra, 10)
 }
 
 /// (event id, seq) pairs the daemon logged as queued.

@@ -734,43 +734,14 @@ async fn node_births_reports_by_exception_dies_per_camera_rebirths_takes_dcmd_an
 // ---------------------------------------------------------------------------------------
 // `vigil run` as a process (harness: tests/common/daemon.rs).
 
-/// `mqtt` holds the extra `[mqtt]` lines (profile, sub-table last).
-fn write_config(root: &Path, port: u16, frames: &Path, mqtt: &str, looping: bool) -> PathBuf {
-    let text = format!(
-        r#"
-node = "testnode"
-state_dir = "{state}"
-runtime_dir = "{run}"
-[inference]
-backbone = "{bb}"
-[health]
-interval_s = 1
-[[camera]]
-id = "cam1"
-[camera.source]
-type = "folder"
-path = "{frames}"
-fps = 10
-loop = {looping}
-[camera.detector]
-start_frames = 2
-end_frames = 3
-min_event_gap_s = 0
-update_interval_s = 0.5
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-keep_alive_s = 5
-state_interval_s = 1
-{mqtt}
-"#,
-        state = root.join("state").display(),
-        run = root.join("run").display(),
-        bb = common::repo_path("models/efficientnet_lite0_pooled.onnx").display(),
-        frames = frames.display(),
-    );
-    let path = root.join("vigil.toml");
-    std::fs::write(&path, text).expect("config");
-    path
+/// One folder camera at 10 fps (not looping); `mqtt` holds the extra `[mqtt]` lines
+/// (profile, sub-table last).
+fn write_config(root: &Path, port: u16, frames: &Path, mqtt: &str) -> PathBuf {
+    let extra = Extra {
+        mqtt,
+        ..Extra::default()
+    };
+    write_folder_config(root, port, frames, NODE, extra, 10)
 }
 
 const SPARKPLUG: &str = "profile = \"sparkplug\"\n[mqtt.sparkplug]\ngroup_id = \"plant\"\n";
@@ -792,7 +763,7 @@ fn daemon_sparkplug_births_reports_dies_with_its_source_ndeath_on_kill_and_obeys
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Broker::start();
     let (_model, frames) = setup(dir.path());
-    let config = write_config(dir.path(), broker.port, &frames, SPARKPLUG, false);
+    let config = write_config(dir.path(), broker.port, &frames, SPARKPLUG);
     let check = Command::new(vigil_bin())
         .args(["check-config", config.to_str().expect("p")])
         .output()
@@ -989,7 +960,7 @@ fn profile_both_keeps_images_on_the_plain_topics_and_profile_plain_publishes_not
     let broker = Broker::start();
     let (_model, frames) = setup(dir.path());
     let both = "profile = \"both\"\n[mqtt.sparkplug]\ngroup_id = \"plant\"\n";
-    let config = write_config(dir.path(), broker.port, &frames, both, false);
+    let config = write_config(dir.path(), broker.port, &frames, both);
     let msgs = subscribe(broker.port, "#");
     let mut daemon = spawn_daemon(&config);
     let m = wait_for(

@@ -17,7 +17,11 @@ use vigil::features::list_images;
 
 /// A config for one folder camera at `fps` with `inference` lines added to `[inference]`.
 fn write_config(root: &Path, port: u16, frames: &Path, fps: u32, inference: &str) -> PathBuf {
-    write_folder_config(root, port, frames, "wgpunode", inference, "", fps)
+    let extra = Extra {
+        inference,
+        ..Extra::default()
+    };
+    write_folder_config(root, port, frames, "wgpunode", extra, fps)
 }
 
 /// `vigil run --config <config>` with extra environment, stderr appended to `<config>.log`.

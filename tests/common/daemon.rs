@@ -229,17 +229,32 @@ pub fn setup(root: &Path) -> (PathBuf, PathBuf) {
     (model, frames)
 }
 
+/// Lines added to sections of [`write_folder_config`]'s config.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extra<'a> {
+    /// Into `[inference]`.
+    pub inference: &'a str,
+    /// Into `[[camera]]` (before its sub-tables).
+    pub camera: &'a str,
+    /// Into `[mqtt]`, after its keys: may end with a sub-table such as `[mqtt.sparkplug]`.
+    pub mqtt: &'a str,
+}
+
 /// A config for node `node`, one folder camera `cam1` at `fps` (not looping, fast detector),
-/// `inference` lines added to `[inference]` and `extra_camera` lines to `[[camera]]`.
+/// with the `extra` lines.
 pub fn write_folder_config(
     root: &Path,
     port: u16,
     frames: &Path,
     node: &str,
-    inference: &str,
-    extra_camera: &str,
+    extra: Extra,
     fps: u32,
 ) -> PathBuf {
+    let Extra {
+        inference,
+        camera: extra_camera,
+        mqtt,
+    } = extra;
     let text = format!(
         r#"
 node = "{node}"
@@ -252,6 +267,7 @@ backbone = "{bb}"
 url = "mqtt://127.0.0.1:{port}"
 keep_alive_s = 5
 state_interval_s = 1
+{mqtt}
 [health]
 interval_s = 1
 [[camera]]
