@@ -163,7 +163,8 @@ fn tridiagonalize(m: &mut [f64], n: usize) -> Tridiagonal {
     Tridiagonal { d, e, tau, n }
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+/// Dot product of two equally long slices (shared with [`super::pca`]'s scatter matrix).
+pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
     // Four partial sums: independent FMAs the compiler can keep in vector registers.
     let mut s = [0.0f64; 4];
     let (a4, ar) = a.split_at(a.len() / 4 * 4);

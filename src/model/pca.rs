@@ -2,7 +2,7 @@
 //! no whitening), computed in f64 from the D×D scatter matrix — never an N×N matrix — and
 //! its top-k eigenvectors ([`super::eigen`]).
 
-use super::eigen::symmetric_top_k;
+use super::eigen::{dot, symmetric_top_k};
 use super::error::ModelError;
 
 /// Rows of the scatter matrix accumulated per block (bounds the transposed f64 copy of the
@@ -147,7 +147,7 @@ fn scatter_lower(data: &[f32], dim: usize, rows: &[usize], mean: &[f64]) -> Vec<
                 let i = first + ri;
                 let ci = &cols[i * BLOCK_ROWS..(i + 1) * BLOCK_ROWS];
                 for (j, s) in row[..=i].iter_mut().enumerate() {
-                    *s += dot64(ci, &cols[j * BLOCK_ROWS..(j + 1) * BLOCK_ROWS]);
+                    *s += dot(ci, &cols[j * BLOCK_ROWS..(j + 1) * BLOCK_ROWS]);
                 }
             }
         };
@@ -170,15 +170,4 @@ fn scatter_lower(data: &[f32], dim: usize, rows: &[usize], mean: &[f64]) -> Vec<
         });
     }
     scatter
-}
-
-/// Dot product of two [`BLOCK_ROWS`]-long slices (four independent sums: vector registers).
-fn dot64(a: &[f64], b: &[f64]) -> f64 {
-    let mut s = [0.0f64; 4];
-    for (x, y) in a.chunks_exact(4).zip(b.chunks_exact(4)) {
-        for l in 0..4 {
-            s[l] += x[l] * y[l];
-        }
-    }
-    (s[0] + s[1]) + (s[2] + s[3])
 }
