@@ -1,6 +1,7 @@
 //! `vigil demo`: the whole pipeline out of the box — an in-process MQTT broker (rumqttd,
-//! feature `embedded-broker`, in the default build) unless one is given, the synthetic camera, the shipped EfficientNet-Lite0, a model
-//! fitted on the first normal frames, and every event printed as it is published.
+//! feature `embedded-broker`, in the default build) unless one is given, the synthetic
+//! camera, the shipped EfficientNet-Lite0, a model fitted on the first normal frames, and
+//! every event printed as it is published.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -64,10 +65,10 @@ pub fn choose_broker(given: Option<&str>, port: u16, embedded: bool) -> BrokerCh
     }
 }
 
-/// Wait up to ~5 s until something accepts TCP connections on 127.0.0.1:`port`.
+/// Wait (100 tries, 50 ms apart) until something accepts TCP connections on 127.0.0.1:`port`.
 fn wait_listening(port: u16) -> bool {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..50 {
+    for _ in 0..100 {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             return true;
         }
@@ -95,7 +96,7 @@ fn broker_url(choice: &BrokerChoice) -> Result<String, DaemonError> {
     }
 }
 
-/// Start rumqttd on 127.0.0.1:`port` in a background thread and wait until it accepts.
+/// A build without rumqttd: always an error (reached only if a caller asks for it anyway).
 #[cfg(not(feature = "embedded-broker"))]
 pub fn start_embedded_broker(port: u16) -> Result<String, DaemonError> {
     Err(DaemonError::Config(format!(
