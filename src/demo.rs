@@ -77,8 +77,9 @@ fn wait_listening(port: u16) -> bool {
     false
 }
 
-/// The broker URL for `choice`, starting the embedded broker when it is the choice.
-fn broker_url(choice: &BrokerChoice) -> Result<String, DaemonError> {
+/// The broker URL for `choice`, starting the embedded broker when it is the choice
+/// (`vigil demo`, `vigil bench`).
+pub fn broker_url(choice: &BrokerChoice) -> Result<String, DaemonError> {
     match choice {
         BrokerChoice::Given(u) => Ok(u.clone()),
         BrokerChoice::Embedded(port) => start_embedded_broker(*port),

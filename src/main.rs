@@ -125,6 +125,10 @@ enum Command {
         /// With --backend wgpu: the adapter (auto, vulkan, gl, cpu-fallback).
         #[arg(long, value_enum, default_value = "auto")]
         adapter: AdapterChoice,
+        /// MQTT broker the events go to [default: the embedded one; in a build without it (the
+        /// board packages), the local one on 127.0.0.1:1883].
+        #[arg(long)]
+        broker: Option<String>,
     },
 }
 
@@ -1165,6 +1169,7 @@ fn main() -> ExitCode {
             json,
             backend,
             adapter,
+            broker,
         } => {
             vigil::logging::init("warn");
             let backend = BackendOptions {
@@ -1198,6 +1203,7 @@ fn main() -> ExitCode {
                 seconds,
                 kde_points,
                 &backend,
+                broker.as_deref(),
             );
             return daemon_exit(r.map(|rows| {
                 for r in rows {

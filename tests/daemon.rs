@@ -1822,3 +1822,54 @@ fn child_output(mut child: Daemon) -> std::process::Output {
         stderr: stderr.join().expect("stderr"),
     }
 }
+
+/// `vigil bench --broker`: the benchmark publishes to the broker it is given (a board's build
+/// has no embedded broker, so `vigil bench` needs one there).
+#[test]
+fn bench_publishes_its_events_to_the_broker_it_is_given() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_, frames) = setup(dir.path());
+    let msgs = subscribe(broker.port, "vigil/bench/#");
+    let out = Command::new(vigil_bin())
+        .args(["bench", "--data", frames.to_str().expect("utf8")])
+        .args([
+            "--workers",
+            "1",
+            "--seconds",
+            "2",
+            "--kde-points",
+            "2000",
+            "--json",
+        ])
+        .args(["--broker", &format!("mqtt://127.0.0.1:{}", broker.port)])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run vigil bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: serde_json::Value = serde_json::from_str(stdout.lines().next().expect("a row"))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(row["workers"], 1);
+    assert!(row["fps"].as_f64().expect("fps") > 0.0, "{row}");
+    // The pipeline's messages reached the given broker: the camera's scored state, and the
+    // node's status online, then offline at the end of the run.
+    let got = wait_for(
+        &msgs,
+        "bench state and status",
+        Duration::from_secs(10),
+        |m| {
+            let status = json_of(m, "/status");
+            !json_of(m, "/cam1/state").is_empty()
+                && status.first().is_some_and(|s| s["status"] == "online")
+                && status.last().is_some_and(|s| s["status"] == "offline")
+        },
+    );
+    let state = &json_of(&got, "/cam1/state")[0];
+    assert_eq!(state["node"], "bench");
+    assert!(state["score"].as_f64().is_some(), "{state}");
+}

@@ -139,7 +139,26 @@ fn bench_model(backbone: &Path, data: &Path, points: usize, out: &Path) -> Resul
     art.save(out).map_err(rt_err)
 }
 
-/// Run the benchmark for each worker count.
+/// The benchmark's broker: the given one, else the embedded one on a free loopback port, else
+/// (a build without it, as on the boards) the local broker on 127.0.0.1:1883.
+fn bench_broker(given: Option<&str>) -> Result<crate::demo::BrokerChoice, DaemonError> {
+    let port = if given.is_none() && crate::demo::EMBEDDED_BROKER {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(rt_err)?
+            .port()
+    } else {
+        1883
+    };
+    Ok(crate::demo::choose_broker(
+        given,
+        port,
+        crate::demo::EMBEDDED_BROKER,
+    ))
+}
+
+/// Run the benchmark for each worker count, publishing to `broker` (default: see
+/// [`bench_broker`]).
 pub fn bench(
     data: &Path,
     backbone: &Path,
@@ -147,15 +166,12 @@ pub fn bench(
     seconds: f64,
     kde_points: usize,
     backend: &crate::backbone::BackendOptions,
+    broker: Option<&str>,
 ) -> Result<Vec<BenchResult>, DaemonError> {
     let state = tempdir_path()?;
     let model = state.join("models/bench.safetensors");
     bench_model(backbone, data, kde_points, &model)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(rt_err)?
-        .port();
-    let url = crate::demo::start_embedded_broker(port)?;
+    let url = crate::demo::broker_url(&bench_broker(broker)?)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
