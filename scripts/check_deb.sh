@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check a vigil .deb: install it into a scratch root (dpkg -x, as the issue allows: no
 # maintainer scripts run), check the layout, the conffile and systemd hooks, the model's hash,
-# the binary's architecture, and that `systemd-analyze verify` passes on the unit *as
+# the binary's architecture (stripped), and that `systemd-analyze verify` passes on the unit *as
 # installed* (the scratch root also gets the host's systemd units, as on a real system).
 #   usage: scripts/check_deb.sh path/to/vigil_<version>_<arch>.deb
 set -euo pipefail
@@ -33,6 +33,8 @@ for f in usr/bin/vigil etc/vigil/vigil.toml \
 done
 [ -x "$root/usr/bin/vigil" ] || fail "/usr/bin/vigil is not executable"
 file -b "$root/usr/bin/vigil" | grep -q "$elf" || fail "/usr/bin/vigil is not $elf: $(file -b "$root/usr/bin/vigil")"
+# Stripped, as the release profile says (a per-package profile override once dropped it: +8 MB).
+file -b "$root/usr/bin/vigil" | grep -q ", stripped" || fail "/usr/bin/vigil is not stripped: $(file -b "$root/usr/bin/vigil")"
 unit=""
 for d in lib/systemd/system usr/lib/systemd/system; do
   [ -f "$root/$d/vigil.service" ] && unit="$d/vigil.service"
