@@ -29,11 +29,13 @@ for f in "$data"/test/*/*; do ln -s "$f" "$OUT/frames/$(basename "$(dirname "$f"
 } >"$OUT/vigil.toml"
 MALLOC_ARENA_MAX=2 VIGIL_LOG=warn "$BIN" run --config "$OUT/vigil.toml" 2>"$OUT/vigil.log" & VP=$!
 echo "soak: $MIN min, $CAMS cameras × $FPS fps, $WORKERS workers; files in $OUT" >&2
-echo "t_s,rss_kb" >"$OUT/rss.csv"
+# RSS split as the kernel counts it: anonymous (heap, the allocator's cached blocks, stacks)
+# and file-backed (the binary's code and read-only data, paged in as code paths first run).
+echo "t_s,rss_kb,anon_kb,file_kb" >"$OUT/rss.csv"
 end=$((SECONDS + MIN * 60))
 while [ $SECONDS -lt $end ]; do
   kill -0 $VP 2>/dev/null || { echo "vigil died: $(tail -5 "$OUT/vigil.log")" >&2; exit 1; }
-  echo "$SECONDS,$(awk '/VmRSS/ {print $2}' /proc/$VP/status)" >>"$OUT/rss.csv"
+  echo "$SECONDS,$(awk '/^(VmRSS|RssAnon|RssFile):/ {v[$1] = $2} END {print v["VmRSS:"] "," v["RssAnon:"] "," v["RssFile:"]}' /proc/$VP/status)" >>"$OUT/rss.csv"
   sleep 30
 done
 # Frames really flowed: every camera's retained health counts scored frames.
@@ -47,10 +49,12 @@ for line in open(sys.argv[1]):
 PY
 python3 - "$OUT/rss.csv" <<'PY'
 import csv, sys
-rows = [(int(t), int(r)) for t, r in list(csv.reader(open(sys.argv[1])))[1:]]
+rows = [tuple(int(v) for v in r) for r in list(csv.reader(open(sys.argv[1])))[1:]]
 q = max(1, len(rows) // 4)
-first = [r for _, r in rows[q:2 * q]] or [rows[0][1]]   # skip warm-up quarter
-last = [r for _, r in rows[-q:]]
-print(f"samples {len(rows)}, RSS min {min(r for _, r in rows)/1024:.1f} MB, max {max(r for _, r in rows)/1024:.1f} MB, "
-      f"2nd-quarter mean {sum(first)/len(first)/1024:.1f} MB, last-quarter mean {sum(last)/len(last)/1024:.1f} MB")
+for col, name in ((1, "RSS"), (2, "anon"), (3, "file")):
+    first = [r[col] for r in rows[q:2 * q]] or [rows[0][col]]   # skip warm-up quarter
+    last = [r[col] for r in rows[-q:]]
+    print(f"samples {len(rows)}, {name} min {min(r[col] for r in rows)/1024:.1f} MB, "
+          f"max {max(r[col] for r in rows)/1024:.1f} MB, 2nd-quarter mean "
+          f"{sum(first)/len(first)/1024:.1f} MB, last-quarter mean {sum(last)/len(last)/1024:.1f} MB")
 PY
