@@ -99,7 +99,7 @@ pub fn broker_url(choice: &BrokerChoice) -> Result<String, DaemonError> {
 
 /// A build without rumqttd: always an error (reached only if a caller asks for it anyway).
 #[cfg(not(feature = "embedded-broker"))]
-pub fn start_embedded_broker(port: u16) -> Result<String, DaemonError> {
+fn start_embedded_broker(port: u16) -> Result<String, DaemonError> {
     Err(DaemonError::Config(format!(
         "cannot start an MQTT broker on 127.0.0.1:{port}: this build has no embedded broker (Cargo feature `embedded-broker`)"
     )))
@@ -107,7 +107,7 @@ pub fn start_embedded_broker(port: u16) -> Result<String, DaemonError> {
 
 /// Start rumqttd on 127.0.0.1:`port` in a background thread and wait until it accepts.
 #[cfg(feature = "embedded-broker")]
-pub fn start_embedded_broker(port: u16) -> Result<String, DaemonError> {
+fn start_embedded_broker(port: u16) -> Result<String, DaemonError> {
     let toml_cfg = format!(
         r#"
 id = 0

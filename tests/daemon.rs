@@ -1826,7 +1826,7 @@ fn child_output(mut child: Daemon) -> std::process::Output {
 /// `vigil bench --broker`: the benchmark publishes to the broker it is given (a board's build
 /// has no embedded broker, so `vigil bench` needs one there).
 #[test]
-fn bench_publishes_its_events_to_the_broker_it_is_given() {
+fn bench_publishes_to_the_broker_it_is_given() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().expect("tmp");
     let (_, frames) = setup(dir.path());
