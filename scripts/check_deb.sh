@@ -35,6 +35,10 @@ done
 file -b "$root/usr/bin/vigil" | grep -q "$elf" || fail "/usr/bin/vigil is not $elf: $(file -b "$root/usr/bin/vigil")"
 # Stripped, as the release profile says (a per-package profile override once dropped it: +8 MB).
 file -b "$root/usr/bin/vigil" | grep -q ", stripped" || fail "/usr/bin/vigil is not stripped: $(file -b "$root/usr/bin/vigil")"
+# The size goal for the boards (issue 6; cross/README.md "Binary size" says where it comes from).
+max_bytes=${VIGIL_MAX_BINARY_BYTES:-15000000}
+size=$(stat -c %s "$root/usr/bin/vigil")
+[ "$size" -le "$max_bytes" ] || fail "/usr/bin/vigil is $size B, over the $max_bytes B goal (cross/README.md, \"Binary size\")"
 unit=""
 for d in lib/systemd/system usr/lib/systemd/system; do
   [ -f "$root/$d/vigil.service" ] && unit="$d/vigil.service"

@@ -31,7 +31,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 step() { echo "== $* ($(date -u +%H:%M:%S))"; }
 
 # cargo-deb (a packaging tool, not shipped) is built in the background beside the release
-# builds, which leave a core idle in their serial stretches (tract-core, the ThinLTO links):
+# builds, which leave a core idle in their serial stretches (tract-core, the LTO links):
 # in its own target directory (no lock shared with them), at opt-level 1 (it only
 # compresses two packages).
 DEB_PID=
@@ -44,7 +44,7 @@ if ! command -v cargo-deb >/dev/null; then
   DEB_PID=$!
 fi
 # Both targets in one cargo invocation: their dependency graphs interleave, so the long
-# serial stretches of one (tract-core, tract-onnx, vigil, the ThinLTO link) run beside the
+# serial stretches of one (tract-core, tract-onnx, vigil, the fat-LTO link) run beside the
 # other's crates instead of leaving the second core idle.
 step "release build $TARGETS $FEATURES"
 SECONDS=0
@@ -63,7 +63,7 @@ if [[ " $TARGETS " == *" aarch64-unknown-linux-gnu "* ]]; then
   # one or two EfficientNet-Lite0 inferences each (resnet18 takes ~40 s per frame emulated).
   step "parity tests for aarch64 under qemu-aarch64 -cpu cortex-a72"
   SECONDS=0
-  # tests/edge_parity.rs holds both suites: one test binary, one ThinLTO link.
+  # tests/edge_parity.rs holds both suites: one test binary, one LTO link.
   # shellcheck disable=SC2086
   cargo test --release --locked --target aarch64-unknown-linux-gnu $FEATURES \
     --test edge_parity -- --skip resnet18 --skip forked_instances --skip symbolic_batch

@@ -229,3 +229,217 @@ fn forked_instances_share_the_graph_and_give_identical_features() {
     );
     assert_eq!(fa, fb);
 }
+
+/// A `[1, 3, 8, 8] → [1, 3, 8, 8]` ONNX model that chains `ops`, written with tract-onnx's
+/// own protobuf types.
+fn chain_model(ops: &[(&str, Vec<tract_onnx::pb::AttributeProto>)]) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::{
+        tensor_shape_proto::{dimension, Dimension},
+        type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
+        TypeProto, ValueInfoProto,
+    };
+    let value = |name: &str| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1, // FLOAT
+                shape: Some(TensorShapeProto {
+                    dim: [1, 3, 8, 8]
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = ops
+        .iter()
+        .enumerate()
+        .map(|(i, (op, attribute))| NodeProto {
+            input: vec![format!("t{i}")],
+            output: vec![format!("t{}", i + 1)],
+            name: format!("n{i}"),
+            op_type: (*op).into(),
+            attribute: attribute.clone(),
+            ..Default::default()
+        })
+        .collect();
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            name: "chain".into(),
+            node,
+            input: vec![value("t0")],
+            output: vec![value(&format!("t{}", ops.len()))],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn load_err(dir: &tempfile::TempDir, name: &str, model: Vec<u8>) -> BackboneError {
+    let path = dir.path().join(name);
+    std::fs::write(&path, model).expect("write");
+    TractBackbone::load(&path, 1, None)
+        .err()
+        .expect("the model must be refused")
+}
+
+#[cfg(not(feature = "onnx-all-ops"))]
+#[test]
+fn operators_left_out_of_the_build_are_named_with_the_feature_that_adds_them() {
+    use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto};
+    let equation = AttributeProto {
+        name: "equation".into(),
+        r#type: AttributeType::String as i32,
+        s: b"nchw->nchw".to_vec(),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = chain_model(&[
+        ("Relu", vec![]),
+        ("Einsum", vec![equation.clone()]),
+        ("Einsum", vec![equation]),
+        ("CumSum", vec![]),
+    ]);
+    let err = load_err(&dir, "einsum.onnx", model);
+    match &err {
+        BackboneError::Operators { ops, .. } => assert_eq!(ops, &["CumSum", "Einsum"]),
+        other => panic!("expected BackboneError::Operators, got {other}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("einsum.onnx"), "{msg}");
+    assert!(msg.contains("CumSum, Einsum"), "{msg}");
+    assert!(msg.contains("--features onnx-all-ops"), "{msg}");
+}
+
+#[test]
+fn operators_tract_does_not_implement_are_named_at_load_time() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let err = load_err(
+        &dir,
+        "custom.onnx",
+        chain_model(&[("Relu", vec![]), ("NoSuchOperator", vec![])]),
+    );
+    match &err {
+        BackboneError::Operators { ops, .. } => assert_eq!(ops, &["NoSuchOperator"]),
+        other => panic!("expected BackboneError::Operators, got {other}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("does not implement"), "{msg}");
+    assert!(!msg.contains("onnx-all-ops"), "{msg}");
+}
+
+#[test]
+fn a_chain_of_supported_operators_loads_and_runs() {
+    // The same builder with operators of the shipped set: the refusals above are about the
+    // operators, not about the hand-written protobuf.
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("ok.onnx");
+    std::fs::write(&path, chain_model(&[("Relu", vec![]), ("Sigmoid", vec![])])).expect("write");
+    let mut bb = TractBackbone::load(&path, 1, None).expect("load");
+    assert_eq!(bb.info().feature_dim, 3);
+    let input: Vec<f32> = (0..3 * 64).map(|i| i as f32 / 64.0 - 1.0).collect();
+    let out = bb.extract_one(&input).expect("run");
+    // Mean over each channel of sigmoid(relu(x)).
+    for (c, got) in out.iter().enumerate() {
+        let want = input[c * 64..(c + 1) * 64]
+            .iter()
+            .map(|&x| 1.0 / (1.0 + (-x.max(0.0)).exp()))
+            .sum::<f32>()
+            / 64.0;
+        assert!((got - want).abs() < 1e-6, "channel {c}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn left_out_operator_list_matches_the_gated_registrations() {
+    // Every `reg.insert("Op", …)` in tract-onnx's operator modules, split by whether the
+    // module (or the registration) sits behind the `all-ops` feature.
+    let ops_dir = common::repo_path("crates/tract-onnx/src/ops");
+    let mod_rs = std::fs::read_to_string(ops_dir.join("mod.rs")).expect("mod.rs");
+    let gated_mods: Vec<String> = mod_rs
+        .lines()
+        .zip(mod_rs.lines().skip(1))
+        .filter(|(a, _)| a.trim() == "#[cfg(feature = \"all-ops\")]")
+        .filter_map(|(_, b)| {
+            b.trim()
+                .trim_start_matches("pub ")
+                .strip_prefix("mod ")
+                .map(|m| m.trim_end_matches(';').to_string())
+        })
+        .collect();
+    assert!(gated_mods.len() >= 9, "{gated_mods:?}");
+    fn inserts(src: &str) -> Vec<String> {
+        src.split("reg.insert(\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next().map(str::to_string))
+            .collect()
+    }
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(&ops_dir, &mut files);
+    let (mut gated, mut shipped) = (Vec::new(), Vec::new());
+    for f in &files {
+        let rel = f.strip_prefix(&ops_dir).expect("rel");
+        let top = rel
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .map(|s| s.trim_end_matches(".rs").to_string())
+            .expect("name");
+        let src = std::fs::read_to_string(f).expect("read");
+        if top == "mod" {
+            // The registrations inside mod.rs's `#[cfg(feature = "all-ops")]` block.
+            let (head, block) = src
+                .split_once("#[cfg(feature = \"all-ops\")]\n    {")
+                .expect("gated block in register_all_ops");
+            let block = block.split("\n    }").next().expect("block end");
+            gated.extend(inserts(block));
+            shipped.extend(inserts(head));
+        } else if gated_mods.contains(&top) {
+            gated.extend(inserts(&src));
+        } else {
+            shipped.extend(inserts(&src));
+        }
+    }
+    gated.sort();
+    let mut listed: Vec<String> = tract_onnx::ops::ALL_OPS_ONLY
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(gated, listed, "ALL_OPS_ONLY vs the gated registrations");
+    for op in [
+        "Conv",
+        "Relu",
+        "Clip",
+        "GlobalAveragePool",
+        "Add",
+        "Mul",
+        "Sigmoid",
+    ] {
+        assert!(shipped.iter().any(|s| s == op), "{op} must ship");
+    }
+    assert!(shipped.iter().all(|s| !listed.contains(s)));
+}

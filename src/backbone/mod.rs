@@ -32,6 +32,14 @@ pub enum BackboneError {
     Load { path: PathBuf, reason: String },
     #[error("backbone {path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
+    /// The graph has nodes whose ONNX operator this build cannot run (listed once each).
+    #[error("backbone {path} uses ONNX operators this build of vigil cannot run: {}; {hint}", .ops.join(", "))]
+    Operators {
+        path: PathBuf,
+        ops: Vec<String>,
+        /// What to do about it: rebuild with `onnx-all-ops`, or re-export the model.
+        hint: &'static str,
+    },
     #[error("input tensor has {got} values, the backbone expects {expected} ({batch}×3×{height}×{width})")]
     InputSize {
         got: usize,

@@ -37,6 +37,42 @@ pub struct TractBackbone {
     pools: Vec<Pool>,
 }
 
+/// The ONNX operators of `model` that tract-onnx left as placeholders (no builder for that
+/// `op_type` in this build), each once, with what to do about them. tract itself would only
+/// fail later, typing the graph, with "Operator can not be made a TypedOp".
+fn check_operators(model: &InferenceModel) -> Result<(), (Vec<String>, &'static str)> {
+    use tract_onnx::tract_hir::ops::unimpl::UnimplementedOp;
+    let mut ops: Vec<String> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<UnimplementedOp>())
+        .map(|n| {
+            let name = n.op.name();
+            name.strip_prefix("Unimplemented(")
+                .and_then(|s| s.strip_suffix(')'))
+                .unwrap_or(&name)
+                .to_string()
+        })
+        .collect();
+    if ops.is_empty() {
+        return Ok(());
+    }
+    ops.sort();
+    ops.dedup();
+    let left_out = !cfg!(feature = "onnx-all-ops")
+        && ops
+            .iter()
+            .any(|op| tract_onnx::ops::ALL_OPS_ONLY.contains(&op.as_str()));
+    let hint = if left_out {
+        "vigil is built with tract-onnx's CNN operator set only: rebuild it with \
+         `--features onnx-all-ops` for the rest (crates/tract-onnx/VIGIL.md)"
+    } else {
+        "tract-onnx 0.23 does not implement them: re-export the model with other operators \
+         (models/README.md)"
+    };
+    Err((ops, hint))
+}
+
 impl TractBackbone {
     /// Load an ONNX backbone for batches of `batch` images. The input size comes from the
     /// model when its spatial dims are fixed, else from `size` (width, height).
@@ -102,6 +138,11 @@ pub(crate) fn load_typed(
         .with_ignore_value_info(true)
         .model_for_read(&mut std::io::Cursor::new(&bytes))
         .map_err(load_err)?;
+    check_operators(&model).map_err(|(ops, hint)| BackboneError::Operators {
+        path: path.to_path_buf(),
+        ops,
+        hint,
+    })?;
     if model.inputs.len() != 1 {
         return Err(unsupported(format!(
             "expected exactly one input, found {}",
